@@ -1,0 +1,66 @@
+"""The command line: ``python -m rtmdet_lesson`` (or ``rtmdet-lesson``) with one sub-command per job.
+
+Each sub-command's work lives in the module that owns it; this file only parses arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rtmdet-lesson", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="generate a dataset")
+    data_sub = data.add_subparsers(dest="dataset", required=True)
+    sprites = data_sub.add_parser("sprites", help="the generated pixel-sprite dataset (COCO format)")
+    sprites.add_argument("--out", default="data/sprites", help="output folder (default: data/sprites)")
+    sprites.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    sprites.add_argument("--train", type=int, default=1000, help="number of training images (default: 1000)")
+    sprites.add_argument("--val", type=int, default=200, help="number of validation images (default: 200)")
+
+    summary = sub.add_parser("summary", help="parameters (and FLOPs at 640) per module of a preset")
+    summary.add_argument("preset", help="e.g. rtmdet-ins-tiny, rtmdet-s, course-sprites")
+    summary.add_argument("--num-classes", type=int, default=None, help="default: the preset's")
+
+    predict = sub.add_parser("predict", help="segment image files with a trained checkpoint")
+    predict.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    predict.add_argument("--checkpoint", required=True, help="a checkpoint written by this package")
+    predict.add_argument("--out", default="predictions", help="folder for pictures and COCO JSON")
+    predict.add_argument("--score-thr", type=float, default=None, help="override the preset's score threshold")
+    predict.add_argument("--config", default="deploy", choices=["eval", "deploy"], help="post-processing preset")
+    predict.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+
+    evaluate = sub.add_parser("evaluate", help="COCO bbox and segm AP of a checkpoint on a COCO-format dataset")
+    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint written by this package")
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="a dataset folder as `data sprites` writes it (uses its val split)")
+    source.add_argument("--images", help="image folder of a COCO-format dataset (with --annotations)")
+    evaluate.add_argument("--annotations", help="COCO instances JSON (with --images)")
+    evaluate.add_argument("--config", default="eval", choices=["eval", "deploy"], help="post-processing preset")
+    evaluate.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object last")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "data":
+        from rtmdet_lesson.data.sprites import main as sprites_main
+
+        return sprites_main(args) or 0
+    if args.command == "summary":
+        from rtmdet_lesson.summary import main as summary_main
+
+        return summary_main(args) or 0
+    if args.command in ("predict", "evaluate"):
+        from rtmdet_lesson import cli_inference
+
+        return getattr(cli_inference, f"{args.command}_main")(args) or 0
+    raise AssertionError(f"unhandled command {args.command!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Small helpers every chapter uses: the device, seeding and the fast-mode flag (chapter 00)."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+FAST_ENV = "RTMDET_LESSON_FAST"
+
+
+def fast_mode() -> bool:
+    """True when ``RTMDET_LESSON_FAST`` is set to a true value (``make test`` sets it to 1).
+
+    Fast mode shrinks image sizes, dataset sizes and iteration counts so that every notebook runs in
+    seconds; a notebook prints the same shapes and counts in both modes.
+    """
+    return os.environ.get(FAST_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """The best device available: CUDA, then Apple's MPS, then the CPU.
+
+    ``prefer`` (for example ``"cpu"``) overrides the choice.
+    """
+    if prefer is not None:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a ``torch.Generator`` seeded the same way for explicit use."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def banner() -> str:
+    """One line for a notebook's set-up cell: torch version, device and mode."""
+    mode = "FAST (set by RTMDET_LESSON_FAST)" if fast_mode() else "full"
+    return f"torch {torch.__version__} | device {pick_device()} | mode {mode}"
