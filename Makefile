@@ -13,7 +13,7 @@ test: setup data
 	$(BIN)/ruff check rtmdet_lesson tests benchmarks
 	RTMDET_LESSON_FAST=1 TQDM_DISABLE=1 $(BIN)/pytest tests
 	RTMDET_LESSON_FAST=1 TQDM_DISABLE=1 $(BIN)/pytest --nbval --nbval-current-env \
-		--nbval-cell-timeout=300 --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly notebooks
+		--nbval-cell-timeout=300 --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks
 
 setup: $(VENV)/.installed
 
