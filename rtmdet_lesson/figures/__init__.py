@@ -1,0 +1,1 @@
+"""Plot helpers for the chapters: plain functions that return matplotlib figures or arrays."""
