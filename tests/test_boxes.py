@@ -47,7 +47,7 @@ def test_box_area_is_not_clamped():
 def test_box_iou_hand_values():
     a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 4.0, 4.0]])
     b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0], [10.0, 10.0, 11.0, 11.0]])
-    expected = torch.tensor([[1 / 7, 1.0, 0.0], [1 / 16, 4 / 16, 0.0]])
+    expected = torch.tensor([[1 / 7, 1.0, 0.0], [4 / 16, 4 / 16, 0.0]])
     torch.testing.assert_close(box_iou(a, b), expected)
     torch.testing.assert_close(aligned_iou(a, b[:2]), torch.tensor([1 / 7, 4 / 16]))
 
