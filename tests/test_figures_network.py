@@ -42,6 +42,13 @@ def test_plot_receptive_fields_returns_a_figure():
     erf[3, 3] = 1.0
     fig = network.plot_receptive_fields({"a": erf, "b": erf})
     assert isinstance(fig, Figure) and len(fig.axes) == 3
+    assert "non-zero r=0" in fig.axes[0].get_title()
+    assert isinstance(network.plot_receptive_fields({"a": erf}, log=True), Figure)
+
+
+def test_plot_lines():
+    fig = network.plot_lines({"a": [1.0, 0.5], "b": np.array([1.0, 0.1])}, "depth", "cosine", title="t")
+    assert isinstance(fig, Figure) and len(fig.axes[0].lines) == 2
 
 
 def test_plot_feature_maps_with_and_without_image():

@@ -68,22 +68,44 @@ def receptive_field_radius(erf: np.ndarray, mass: float = 0.95) -> int:
     return max(h, w)
 
 
-def plot_receptive_fields(maps: dict[str, np.ndarray]) -> Figure:
-    """One panel per named ERF map (as returned by ``effective_receptive_field``) plus a centre-row profile."""
+def plot_receptive_fields(maps: dict[str, np.ndarray], log: bool = False) -> Figure:
+    """One panel per named ERF map (as returned by ``effective_receptive_field``) plus a centre-row profile.
+
+    With ``log`` the panels show log10 of the map (floored at 1e-4), so the faint edge of the field shows.
+    """
     n = len(maps)
     fig, axes = plt.subplots(1, n + 1, figsize=(3.2 * (n + 1), 3.2))
     for ax, (name, erf) in zip(axes, maps.items(), strict=False):
-        ax.imshow(erf, cmap="magma", vmin=0, vmax=1)
-        ax.set_title(f"{name}\n95% inside r={receptive_field_radius(erf)}", fontsize=9)
+        shown = np.log10(np.maximum(erf, 1e-4)) if log else erf
+        ax.imshow(shown, cmap="magma", vmin=-4 if log else 0, vmax=0 if log else 1)
+        r95, r_all = receptive_field_radius(erf), receptive_field_radius(erf, mass=1.0)
+        ax.set_title(f"{name}\n95% within r={r95}, non-zero r={r_all}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     profile_ax = axes[-1]
     for name, erf in maps.items():
         row = erf[erf.shape[0] // 2]
-        profile_ax.plot(np.arange(len(row)) - len(row) // 2, row, label=name)
+        profile_ax.plot(np.arange(len(row)) - len(row) // 2, np.maximum(row, 1e-6), label=name)
+    profile_ax.set_yscale("log" if log else "linear")
     profile_ax.set_title("centre row", fontsize=9)
     profile_ax.set_xlabel("offset from centre (px)")
     profile_ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_lines(
+    curves: dict[str, list[float] | np.ndarray], xlabel: str, ylabel: str, title: str = "", x_start: int = 1
+) -> Figure:
+    """A few named curves against a step index starting at ``x_start`` (depth, level, ...)."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for name, ys in curves.items():
+        ax.plot(np.arange(x_start, x_start + len(ys)), ys, marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
