@@ -141,7 +141,7 @@ def plot_feature_maps(
         axes[r, 0].imshow(fmap.abs().mean(0).numpy(), cmap="viridis")
         axes[r, 0].set_title(f"{name} mean|a|\n({c}, {h}, {w})", fontsize=8)
         for k in range(min(channels, c)):
-            axes[r, k + 1].imshow(fmap[k].numpy(), cmap="coolwarm")
+            axes[r, k + 1].imshow(fmap[k].numpy(), cmap="magma")
             axes[r, k + 1].set_title(f"{name} ch {k}", fontsize=8)
         r += 1
     fig.tight_layout()
@@ -205,9 +205,9 @@ def plot_neck_diagram(show_bottom_up: bool = True) -> Figure:
     arrow((cols["T"], ys[4]), (cols["T"], ys[3]))
     if show_bottom_up:
         for lvl, y in ys.items():
-            node(cols["N"], y, {3: "P3", 4: "N4>P4", 5: "N5>P5"}[lvl], "#d9f2d9")
-        path((cols["T"], ys[3]), (cols["N"], ys[3]))
-        path((cols["N"], ys[3]), (cols["N"], ys[4]))
+            node(cols["N"], y, {3: "P3", 4: "N4, P4", 5: "N5, P5"}[lvl], "#d9f2d9")
+        arrow((cols["T"], ys[3]), (cols["N"], ys[3]))  # P3 = out_conv(T3)
+        path((cols["T"], ys[3]), (cols["N"], ys[4]))  # N4 from down(T3)
         path((cols["N"], ys[4]), (cols["N"], ys[5]))
         arrow((cols["T"], ys[4]), (cols["N"], ys[4]))
         arrow((cols["T"], ys[5]), (cols["N"], ys[5]))
