@@ -1,0 +1,575 @@
+"""The training loop: data, AdamW, warm-up + flat + cosine schedule, EMA, checkpoints, torchrun (chapter 07).
+
+One function, ``train(config)``, runs the reference recipe (rtmdet-ins-facts section 10) on one CPU, one GPU
+or many processes under ``torchrun``:
+
+    for each epoch:                      stage 1 (mosaic, mixup) ... stage 2 (light pipeline) for the last epochs
+        for each batch:                  images (B, 3, S, S) uint8 RGB + one target dict per image
+            lr <- schedule(iteration)    linear warm-up, flat, then cosine down to 5 % of the base lr
+            loss <- model.loss(normalize(images), targets)
+            skip the step if the loss is not finite (and say so), else backward + AdamW step
+            ema <- (1 - m_t) ema + m_t model
+        evaluate the EMA model (COCO AP on the val split), write last.pth (and best.pth)
+
+Checkpoints never lose work: they are written atomically and hold everything the next step depends on
+(weights, EMA, optimizer, schedule position, grad scaler, RNG states, data order), so ``--resume last.pth``
+continues exactly where the run stopped. ``model`` in every checkpoint holds the EMA weights, so any of them
+loads with ``checkpoint.load_checkpoint_model`` for prediction and evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from tqdm.auto import tqdm
+
+from rtmdet_lesson import distributed
+from rtmdet_lesson.checkpoint import load_checkpoint, save_checkpoint
+from rtmdet_lesson.data.coco import CocoInstanceDataset, sprites_split
+from rtmdet_lesson.preprocess import normalize
+from rtmdet_lesson.presets import PRESETS, build_model
+from rtmdet_lesson.runtime import seed_everything
+
+log = logging.getLogger("rtmdet_lesson.train")
+
+REFERENCE_LR = 0.004  # AdamW lr of the official recipe ...
+REFERENCE_BATCH = 256  # ... for its total batch of 8 GPUs x 32 images
+AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def scaled_lr(total_batch: int) -> float:
+    """The recipe's lr (0.004 at a total batch of 256) moved to another total batch by the square-root rule.
+
+    Adam-type optimisers scale with the square root of the batch size (the SDE view of Adam, Malladi et al.
+    2022), not linearly as SGD does: linear scaling would give 1.25e-4 at a batch of 8, far too slow for a
+    short CPU run; the square root gives 7.1e-4 (16: 1.0e-3, 32: 1.4e-3). At 256 it is the recipe's 0.004.
+    """
+    return REFERENCE_LR * math.sqrt(total_batch / REFERENCE_BATCH)
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. Defaults are the reference recipe (facts section 10) except where a
+    comment says otherwise; ``None`` means "derived", see ``resolve``. Chapter 07 walks through them."""
+
+    preset: str = "course-sprites"
+    # data: a folder as `python -m rtmdet_lesson data sprites` writes it, or any COCO-format image folder + JSON
+    data: str | None = "data/sprites"
+    train_images: str | None = None
+    train_annotations: str | None = None
+    val_images: str | None = None  # no val split given: no evaluation, best.pth is not written
+    val_annotations: str | None = None
+    out: str = "runs/train"
+    # the recipe
+    image_size: int | None = None  # square canvas; None: 320 for course presets, 640 (the reference) otherwise
+    epochs: int = 300
+    batch_size: int = 16  # per process; the reference runs 32 on each of 8 GPUs
+    lr: float | None = None  # None: scaled_lr(batch_size * world_size)
+    weight_decay: float = 0.05  # not on norm parameters or biases
+    warmup_iters: int = 1000  # linear warm-up from 1e-5 x lr; at most a tenth of the run
+    flat_fraction: float = 0.5  # flat lr for this share of the epochs, then cosine (reference: 150 of 300)
+    min_lr_ratio: float = 0.05  # the cosine ends at this share of the base lr
+    stage2_epochs: int | None = None  # last epochs without mosaic/mixup; None: 20 of 300, scaled to `epochs`
+    mosaic: bool = True
+    mixup: bool = True
+    ema: bool = True
+    ema_momentum: float = 0.0002
+    ema_gamma: float = 2000.0
+    eval_interval: int = 10  # epochs between evaluations (every epoch in stage 2, and always after the last)
+    seed: int = 0
+    workers: int = 2
+    amp: str = "off"  # "off", "fp16" (CUDA, with a grad scaler) or "bf16" (CUDA, or CPUs with AMX/AVX-512)
+    device: str | None = None  # None: CUDA, then MPS, then CPU
+    export_half: bool = True  # final.pth stores fp16 weights (half the size; loads back as fp32)
+    progress: bool = True  # tqdm progress bar on rank 0
+
+    def resolve(self, world_size: int = 1) -> TrainConfig:
+        """A copy with every derived setting filled in and checked."""
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        image_size = self.image_size or (320 if self.preset.startswith("course") else 640)
+        if image_size % 32:
+            raise ValueError(f"image size {image_size} is not a multiple of 32; try 320 or 640")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs ({self.epochs}) and batch size ({self.batch_size}) must be at least 1")
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
+        stage2 = self.stage2_epochs if self.stage2_epochs is not None else round(self.epochs * 20 / 300)
+        if not 0 <= stage2 <= self.epochs:
+            raise ValueError(f"stage2_epochs {stage2} must lie between 0 and epochs ({self.epochs})")
+        lr = self.lr if self.lr is not None else scaled_lr(self.batch_size * world_size)
+        return TrainConfig(**{**asdict(self), "image_size": image_size, "stage2_epochs": stage2, "lr": lr})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data
+
+
+def build_datasets(config: TrainConfig) -> tuple[CocoInstanceDataset, CocoInstanceDataset | None]:
+    """The raw train and val datasets named by the config (val is None when none is given)."""
+    if config.train_images or config.train_annotations:
+        if not (config.train_images and config.train_annotations):
+            raise ValueError("give both --images (the image folder) and --annotations (the COCO JSON file)")
+        train_ds = CocoInstanceDataset(config.train_images, config.train_annotations)
+        val_ds = None
+        if config.val_images or config.val_annotations:
+            if not (config.val_images and config.val_annotations):
+                raise ValueError("give both --val-images and --val-annotations, or neither")
+            val_ds = CocoInstanceDataset(config.val_images, config.val_annotations)
+    elif config.data:
+        root = Path(config.data)
+        if not (root / "train" / "annotations.json").is_file():
+            raise FileNotFoundError(
+                f"no dataset at {root} (expected {root}/train/annotations.json); generate the sprites with "
+                f"`python -m rtmdet_lesson data sprites --out {root}`, or train on your own COCO data with "
+                "--images DIR --annotations FILE"
+            )
+        train_ds = sprites_split(root, "train")
+        val_ds = sprites_split(root, "val") if (root / "val" / "annotations.json").is_file() else None
+    else:
+        raise ValueError("no training data: give --data DIR or --images DIR --annotations FILE")
+    if len(train_ds) == 0 or not train_ds.coco.anns:
+        raise ValueError(f"the training set {train_ds.annotation_file} has no images or no annotations")
+    if val_ds is not None and val_ds.class_names != train_ds.class_names:
+        raise ValueError(
+            f"train and val categories differ ({train_ds.class_names} vs {val_ds.class_names}); "
+            "both annotation files need the same 'categories'"
+        )
+    return train_ds, val_ds
+
+
+class _ResumableSampler(Sampler):
+    """The epoch's order from a ``DistributedSampler``, less the first ``skip`` indices (already trained on)."""
+
+    def __init__(self, sampler: DistributedSampler):
+        self.sampler, self.skip = sampler, 0
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+
+def augment_recipe(preset: str) -> str:
+    """Which size's augmentation settings a preset uses (facts 8.3): its own, "tiny" for the course models."""
+    size = preset.rsplit("-", 1)[-1]
+    return size if size in ("tiny", "s", "m", "l", "x") else "tiny"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# state that has to survive a restart
+
+
+def _rng_state() -> dict:
+    """Every random number generator the loop touches, in a form ``torch.load(weights_only=True)`` accepts."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _WithLoss(nn.Module):
+    """``model.loss`` as a forward pass, so that ``DistributedDataParallel`` sees it (DDP hooks ``forward``)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, targets: list[dict]) -> dict:
+        return self.model.loss(x, targets)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the loop
+
+
+class _JsonLog:
+    """Appends one JSON object per line to ``path`` (rank 0 only): every step's losses, lr, and the metrics."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def write(self, **record) -> None:
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def train(config: TrainConfig, resume: str | Path | None = None, max_iters: int | None = None, on_step=None) -> dict:
+    """Train a model as ``config`` says. Chapter 07.
+
+    Returns a dict: ``model`` (the EMA model, or the trained one without EMA), ``train_model``, ``out``,
+    ``iterations``, ``stopped`` (True when ``max_iters`` ended it), ``metrics`` (the last evaluation),
+    ``skipped_steps``, and after a complete run ``final`` (the exported checkpoint) and ``seconds``.
+
+    Args:
+        config: the run's settings (``TrainConfig``).
+        resume: a ``last.pth`` (or any checkpoint this function wrote) to continue from, exactly where it stopped.
+        max_iters: stop after this many iterations in total (counted from the start of the run, not of this
+            call), writing ``last.pth`` first: an interrupted run that ``resume`` continues.
+        on_step: called as ``on_step(record)`` after every optimizer step with the logged record (a dict).
+
+    Run it under ``torchrun --nproc_per_node=N`` for DistributedDataParallel; ``batch_size`` is per process.
+    Writes to ``config.out``: ``log.jsonl``, ``last.pth`` (every epoch), ``best.pth`` (best segm AP, bbox AP
+    for detectors) and ``final.pth`` (the EMA weights only, fp16 if ``export_half``).
+    """
+    info = distributed.setup(config.device)
+    try:
+        summary = _train(config.resolve(info.world_size), info, resume, max_iters, on_step)
+    except BaseException:
+        if info.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        raise
+    distributed.cleanup(info)
+    return summary
+
+
+def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, on_step) -> dict:
+    from rtmdet_lesson.data.collate import AugmentedDataset, collate, worker_init_fn
+    from rtmdet_lesson.data.transforms import train_pipeline
+    from rtmdet_lesson.ema import ExpMomentumEMA
+    from rtmdet_lesson.schedule import build_lr_scheduler, param_groups
+
+    device, out = info.device, Path(config.out)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    jlog = _JsonLog(out / "log.jsonl" if info.is_main else None)
+    amp_dtype = AMP_DTYPES[config.amp]
+    if amp_dtype == torch.float16 and device.type != "cuda":
+        raise ValueError(f"fp16 autocast needs CUDA (the device is {device.type}); use --amp bf16 or --amp off")
+    seed_everything(config.seed + info.rank)  # rank 0 = a single-process run with the same seed
+
+    train_raw, val_ds = build_datasets(config)
+    class_names = list(train_raw.class_names)
+    model = build_model(config.preset, num_classes=len(class_names), class_names=class_names).to(device)
+    model.input_size = config.image_size  # the canvas predict() and evaluate_coco() letterbox onto
+    if info.backend == "nccl":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        _say(info, "SyncBatchNorm: batch statistics are shared across the GPUs")
+    elif info.distributed:
+        _say(info, f"no SyncBatchNorm on {info.backend} (it needs GPUs): each rank normalises with its own batch "
+                   "statistics; rank 0's running statistics are copied to all ranks after every epoch")
+    loss_module = _WithLoss(model)
+    if info.distributed:
+        loss_module = nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None
+        )  # broadcasts rank 0's weights, then averages gradients in backward
+    ema = ExpMomentumEMA(model, momentum=config.ema_momentum, gamma=config.ema_gamma) if config.ema else None
+    eval_model = ema.module if ema is not None else model
+
+    # data order: DistributedSampler (one shard per rank; shuffled by seed and epoch) wrapped to skip on resume
+    base_sampler = DistributedSampler(
+        train_raw, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=config.seed
+    )
+    if len(base_sampler) < config.batch_size:
+        raise ValueError(f"{len(train_raw)} training images give {len(base_sampler)} per process, fewer than the "
+                         f"batch size {config.batch_size}; lower --batch-size")
+    sampler = _ResumableSampler(base_sampler)
+    iters_per_epoch = len(base_sampler) // config.batch_size  # drop_last: every batch is full
+    total_iters = iters_per_epoch * config.epochs
+    switch_epoch = config.epochs - config.stage2_epochs
+    size = (config.image_size, config.image_size)
+    pipeline = train_pipeline(size, config.epochs, config.stage2_epochs, augment_recipe(config.preset),
+                              mosaic=config.mosaic, mixup=config.mixup)
+    train_ds = AugmentedDataset(train_raw, pipeline, seed=config.seed + info.rank)  # rank r augments with seed + r
+    loader = DataLoader(
+        train_ds,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        collate_fn=collate,
+        worker_init_fn=worker_init_fn,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        generator=torch.Generator().manual_seed(config.seed + info.rank),  # worker seeds; not the global RNG
+    )
+
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
+    scheduler = build_lr_scheduler(
+        optimizer, flat_until_iter=round(config.flat_fraction * total_iters), total_iters=total_iters,
+        warmup_iters=min(config.warmup_iters, total_iters // 10), min_lr_ratio=config.min_lr_ratio,
+    )  # stepped every iteration
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    epoch, epoch_iter, iteration, best, skipped, rng, data_rng = 0, 0, 0, -1.0, 0, None, None
+    if resume is not None:
+        state = load_checkpoint(resume, map_location=device).get("train_state")
+        if state is None:
+            raise ValueError(f"{resume} holds no training state (an exported final.pth?); resume from last.pth")
+        model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        epoch, epoch_iter, iteration = state["epoch"], state["epoch_iter"], state["iteration"]
+        best, skipped = state["best"], state["skipped_steps"]
+        if len(state["rng"]) == info.world_size:
+            rng, data_rng = state["rng"][info.rank]
+        else:
+            _say(info, f"resuming a {len(state['rng'])}-process run on {info.world_size}: the data order is kept, "
+                       "the random augmentations are new", logging.WARNING)
+        _say(info, f"resumed from {resume} at epoch {epoch}, iteration {iteration}")
+        jlog.write(event="resume", checkpoint=str(resume), epoch=epoch, iteration=iteration)
+    else:
+        jlog.write(event="start", config=asdict(config), world_size=info.world_size, iters_per_epoch=iters_per_epoch)
+    _say(info, f"{config.preset} on {len(train_raw)} images ({len(class_names)} classes): {config.epochs} epochs x "
+               f"{iters_per_epoch} iterations, batch {config.batch_size} x {info.world_size} process(es), "
+               f"lr {config.lr:.3g}, {config.image_size}x{config.image_size}, device {device}, amp {config.amp}")
+
+    def save(paths: list[Path], metrics: dict) -> None:
+        """Write checkpoints of the whole run on rank 0, with every rank's RNG states (all ranks call this)."""
+        rngs = distributed.gather_objects((_rng_state(), train_ds.rng.bit_generator.state), info)
+        if not info.is_main:
+            return
+        train_state = {
+            "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "epoch": epoch, "epoch_iter": epoch_iter, "iteration": iteration, "best": best,
+            "skipped_steps": skipped, "rng": rngs, "config": asdict(config),
+        }
+        for path in paths:
+            save_checkpoint(path, eval_model, class_names, metrics=metrics, train_state=train_state)
+
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    metrics: dict = {}
+    positives_seen = 0.0
+    bar = tqdm(total=total_iters, initial=iteration, disable=not (info.is_main and config.progress),
+               desc="train", dynamic_ncols=True)
+    start = time.perf_counter()
+    while epoch < config.epochs:
+        if epoch == switch_epoch and epoch > 0:
+            _say(info, f"epoch {epoch}: stage 2, the light pipeline (no mosaic, no mixup) for the last epochs")
+        base_sampler.set_epoch(epoch)  # the epoch's shuffle
+        train_ds.set_epoch(epoch)  # the epoch's augmentation seed and pipeline stage
+        sampler.skip = epoch_iter * config.batch_size  # > 0 only when resuming in the middle of an epoch
+        batches = iter(loader)
+        if rng is not None:  # restored after the iterator exists, so that creating it changes nothing
+            _set_rng_state(rng)
+            if config.workers == 0:  # the augmentation generator lives in this process
+                train_ds.rng.bit_generator.state = data_rng
+            rng = None
+        for images, targets in batches:
+            lr = optimizer.param_groups[0]["lr"]
+            x = normalize(images.to(device, non_blocking=True))  # (B, 3, S, S) BGR float
+            targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+                       for t in targets]
+            with autocast:
+                losses = loss_module(x, targets)
+            loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
+            if distributed.all_true(bool(torch.isfinite(loss)), info):  # every rank skips together
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                if ema is not None:
+                    ema.update(model)
+            else:
+                skipped += 1
+                _say(info, f"iteration {iteration}: the loss is not finite ({_fmt(losses)}); step skipped "
+                           f"({skipped} so far)", logging.WARNING)
+                jlog.write(event="skipped_step", epoch=epoch, iteration=iteration, **_floats(losses))
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            iteration, epoch_iter = iteration + 1, epoch_iter + 1
+
+            num_gt = float(sum(len(t["labels"]) for t in targets))
+            record = {**_floats(losses), "loss": float(loss.detach()), "num_gt": num_gt}
+            record = distributed.mean_over_ranks(record, info)  # averaged over ranks, identical on all of them
+            record = {"epoch": epoch, "iteration": iteration, "lr": lr, **record, "skipped_steps": skipped}
+            positives_seen += record["num_pos"]
+            _check_positives(info, iteration, record, positives_seen)
+            jlog.write(**record)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{record['loss']:.3f}", pos=f"{record['num_pos']:.0f}",
+                            lr=f"{lr:.2e}", refresh=False)
+            if on_step is not None:
+                on_step(record)
+            if max_iters is not None and iteration >= max_iters:
+                save([out / "last.pth"], metrics)
+                bar.close()
+                _say(info, f"stopped after {iteration} iterations; continue with --resume {out / 'last.pth'}")
+                return {"out": out, "iterations": iteration, "stopped": True, "metrics": metrics,
+                        "skipped_steps": skipped, "model": eval_model, "train_model": model}
+        epoch, epoch_iter = epoch + 1, 0
+        distributed.broadcast_buffers([model] + ([ema.module] if ema is not None else []), info)
+        paths = [out / "last.pth"]
+        if val_ds is not None and (epoch % config.eval_interval == 0 or epoch > switch_epoch or epoch == config.epochs):
+            metrics = _evaluate(eval_model, val_ds, info, config)  # rank 0; the others wait in save's gather
+            jlog.write(event="eval", epoch=epoch, iteration=iteration, **metrics)
+            score = metrics.get("segm_AP", metrics.get("bbox_AP", -1.0))
+            if score > best:  # only rank 0 has metrics; the others never save anyway
+                best = score
+                paths.append(out / "best.pth")
+        save(paths, metrics)
+    bar.close()
+    elapsed = time.perf_counter() - start
+    final = out / "final.pth"
+    if info.is_main:
+        save_checkpoint(final, eval_model, class_names, half=config.export_half, metrics=metrics,
+                        image_size=config.image_size)
+        _say(info, f"done: {iteration} iterations in {elapsed:.0f} s; EMA weights in {final}"
+                   + "".join(f", {k} {metrics[k]:.3f}" for k in ("bbox_AP", "segm_AP") if k in metrics))
+    return {"out": out, "iterations": iteration, "stopped": False, "metrics": metrics, "skipped_steps": skipped,
+            "final": final, "seconds": elapsed, "model": eval_model.eval(), "train_model": model}
+
+
+def _evaluate(model: nn.Module, val_ds, info: distributed.DistInfo, config: TrainConfig) -> dict:
+    """COCO AP of ``model`` on the val set, on rank 0 only (the other ranks wait at the barrier after it)."""
+    from rtmdet_lesson.evaluate import evaluate_coco
+
+    if not info.is_main:
+        return {}
+    metrics = evaluate_coco(model, val_ds, config="eval", device=info.device, batch_size=config.batch_size,
+                            progress=False)
+    _say(info, "eval: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("bbox_AP", "segm_AP") if k in metrics))
+    return metrics
+
+
+def _check_positives(info, iteration: int, record: dict, positives_seen: float) -> None:
+    """Field-notes 1.2: no positive priors while there are objects means the targets do not fit the images."""
+    if iteration > 10 or record["num_pos"] > 0 or record["num_gt"] == 0:
+        return
+    message = (f"iteration {iteration}: {record['num_gt']:.0f} objects but no positive priors. The box and mask "
+               "losses cannot learn: check that the boxes are x1y1x2y2 pixels of the network input and the labels "
+               "0..C-1 (a category-id mismatch in the annotations is the usual cause, field-notes 1.2)")
+    if iteration == 10 and positives_seen == 0:
+        raise RuntimeError(message + "; stopped after 10 such iterations")
+    _say(info, message, logging.WARNING)
+
+
+def _floats(losses: dict) -> dict:
+    return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items()}
+
+
+def _fmt(losses: dict) -> str:
+    return ", ".join(f"{k} {float(v):.4g}" for k, v in losses.items())
+
+
+def _say(info: distributed.DistInfo, message: str, level: int = logging.INFO) -> None:
+    """Log on rank 0, above the progress bar."""
+    if info.is_main:
+        log.log(level, message)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# command line: python -m rtmdet_lesson train [PRESET] ...
+
+_HELP = {
+    "image_size": "square training and evaluation canvas (default: 320 for course presets, 640 otherwise)",
+    "epochs": "number of epochs (default: 300, the reference's)",
+    "batch_size": "images per process and step (default: 16)",
+    "lr": "AdamW learning rate (default: 0.004 * sqrt(total batch / 256), see scaled_lr)",
+    "weight_decay": "AdamW weight decay, not applied to norm parameters and biases (default: 0.05)",
+    "warmup_iters": "linear warm-up iterations, capped at a tenth of the run (default: 1000)",
+    "flat_fraction": "share of the run at the flat lr before the cosine (default: 0.5)",
+    "min_lr_ratio": "the cosine ends at this share of the lr (default: 0.05)",
+    "stage2_epochs": "last epochs without mosaic and mixup (default: 20 of 300, scaled to --epochs)",
+    "mosaic": "cached mosaic in stage 1 (default: on)",
+    "mixup": "cached mixup in stage 1 (default: on)",
+    "ema": "keep an EMA of the weights and evaluate/export it (default: on)",
+    "ema_momentum": "EMA momentum floor (default: 0.0002)",
+    "ema_gamma": "EMA warm-up constant in iterations (default: 2000)",
+    "eval_interval": "epochs between COCO evaluations on the val split (default: 10; every epoch in stage 2)",
+    "seed": "random seed (default: 0)",
+    "workers": "DataLoader worker processes per training process (default: 2)",
+    "amp": "mixed precision: off, fp16 (CUDA) or bf16 (CUDA, or a CPU with AMX) (default: off)",
+    "device": "cpu, cuda or mps (default: the best available)",
+    "export_half": "store final.pth in fp16 (default: on)",
+    "progress": "show a progress bar (default: on)",
+}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``train`` sub-command's arguments: the data, the output, and every ``TrainConfig`` setting."""
+    parser.add_argument("preset", nargs="?", default="course-sprites", choices=list(PRESETS),
+                        metavar="PRESET", help="model preset (default: course-sprites); e.g. rtmdet-ins-tiny")
+    data = parser.add_argument_group("data (default: --data data/sprites)")
+    data.add_argument("--data", default=None, help="a folder with train/ and val/ as `data sprites` writes it")
+    data.add_argument("--images", default=None, help="image folder of any COCO-format training set")
+    data.add_argument("--annotations", default=None, help="its COCO instances JSON (with --images)")
+    data.add_argument("--val-images", default=None, help="validation image folder (optional, with --images)")
+    data.add_argument("--val-annotations", default=None, help="validation COCO JSON (with --val-images)")
+    parser.add_argument("--out", default=None, help="output folder (default: runs/PRESET)")
+    parser.add_argument("--resume", default=None, metavar="CKPT", help="continue a run from its last.pth")
+    parser.add_argument("--max-iters", type=int, default=None,
+                        help="stop after this many iterations in total (writes last.pth to resume from)")
+    parser.add_argument("--bf16", action="store_true", help="shorthand for --amp bf16")
+    recipe = parser.add_argument_group("recipe (defaults: the reference's, rtmdet-ins-facts section 10)")
+    types = {"image_size": int, "lr": float, "stage2_epochs": int, "device": str}
+    for f in fields(TrainConfig):
+        if f.name not in _HELP:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            recipe.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=_HELP[f.name])
+        else:
+            kind = types.get(f.name, type(f.default))
+            choices = sorted(AMP_DTYPES) if f.name == "amp" else None
+            recipe.add_argument(flag, type=kind, default=None, choices=choices, help=_HELP[f.name])
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """A ``TrainConfig`` from parsed ``train`` arguments: the defaults, overridden by what was given."""
+    if args.data and (args.images or args.annotations):
+        raise ValueError("give either --data DIR or --images DIR --annotations FILE, not both")
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+             if f.name in _HELP and getattr(args, f.name, None) is not None}
+    if args.bf16:
+        given["amp"] = "bf16"
+    if args.images or args.annotations:
+        given.update(data=None, train_images=args.images, train_annotations=args.annotations,
+                     val_images=args.val_images, val_annotations=args.val_annotations)
+    elif args.data:
+        given["data"] = args.data
+    return TrainConfig(preset=args.preset, out=args.out or f"runs/{args.preset}", **given)
+
+
+def main(args: argparse.Namespace) -> int:
+    """CLI entry: ``python -m rtmdet_lesson train [PRESET] [--data DIR | --images DIR --annotations FILE] ...``."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    config = config_from_args(args)
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    with logging_redirect_tqdm(loggers=[log]):
+        train(config, resume=args.resume, max_iters=args.max_iters)
+    return 0
+
+
+if __name__ == "__main__":  # `torchrun ... -m rtmdet_lesson.train ...` works without the package CLI too
+    import sys
+
+    sys.exit(main(add_train_arguments(argparse.ArgumentParser(prog="rtmdet_lesson.train")).parse_args()))
