@@ -15,11 +15,13 @@ Objects are pasted one after another, so later ones hide parts of earlier ones. 
 what stays **visible**; its box is recomputed from that visible mask. The drop rule: an instance is removed
 (and not drawn at all) when fewer than ``MIN_VISIBLE_PIXELS`` pixels or less than ``MIN_VISIBLE_FRACTION``
 of its own pixels stay visible; removing it can only uncover others, so the rule is applied until nothing
-changes. Every painted object is therefore annotated, and no annotation is a sliver.
+changes. Every painted object is therefore annotated, and every annotation keeps at least 20 px and 15% of
+its object (a strip of a mostly hidden object can still be thin).
 
 Sizes: most objects have a short side of at least 16 px, so that stride-8 prior points fall inside them
-(field-notes 1.4); about one in eight is deliberately small (short side 8 to 15 px). Long sides stay within
-12 to 120 px. Images have sides from ``IMAGE_SIDES`` in any combination (square and not).
+(field-notes 1.4); about one in eight is deliberately small (short side about 9 to 15 px). Unoccluded
+sprites measure 9 to 120 px along their long side. Images have sides from ``IMAGE_SIDES`` in any
+combination (square and not).
 
 Determinism: sample ``index`` of a split is drawn from ``numpy.random.SeedSequence([seed, split, index])``
 with integer and basic float arithmetic only (no exp/log/sin whose last bit may differ between CPUs), so
