@@ -317,3 +317,27 @@ def test_float64_and_outputs_follow_inputs():
         torch.ones(1, 4, dtype=torch.bool),
     )
     assert result.soft_targets.dtype == torch.float64 and result.num_pos > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapter 05's figures
+# ---------------------------------------------------------------------------------------------------------------
+def test_assignment_figures_run_and_cost_maps_match_the_terms():
+    from matplotlib.figure import Figure
+
+    from rtmdet_lesson.figures.assignment import assignment_figure, cost_maps, level_maps, positives_figure
+
+    gen = torch.Generator().manual_seed(0)
+    priors = small_priors()
+    logits, boxes, gt_boxes, gt_labels = random_image(gen, priors, 3)
+    image = torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8, generator=gen)
+    sizes = [(12, 16), (6, 8), (3, 4)]
+    maps = cost_maps(logits, boxes, priors, gt_boxes, gt_labels, None, object_index=1)
+    terms = assignment_costs(logits, boxes, priors, gt_boxes, gt_labels)
+    torch.testing.assert_close(maps["total"][terms.candidates], terms.total()[:, 1])
+    assert torch.isnan(maps["total"][~terms.candidate_mask]).all()
+    assert [m.shape for m in level_maps(maps["iou"], sizes)] == sizes
+    fig = assignment_figure(image, logits, boxes, priors, sizes, gt_boxes, gt_labels, object_index=1, topk=5)
+    assert isinstance(fig, Figure)
+    result = run_batch([(logits, boxes, gt_boxes, gt_labels)], priors)
+    assert isinstance(positives_figure(image, priors, gt_boxes, result.gt_index[0]), Figure)
