@@ -50,7 +50,10 @@ def lr_at(
 
 @dataclass
 class FlatCosineFactor:
-    """``lr_at(i, 1.0, ...)`` as a callable for ``LambdaLR`` (a dataclass, so the scheduler's state_dict saves it)."""
+    """``lr_at(i, 1.0, ...)`` as a callable for ``LambdaLR`` (a dataclass, so the scheduler's state_dict saves it).
+
+    Chapter 07 builds this.
+    """
 
     flat_until_iter: int
     total_iters: int

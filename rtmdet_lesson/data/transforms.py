@@ -85,7 +85,10 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
 
 
 def check_sample(image: torch.Tensor, target: dict) -> None:
-    """Raise ValueError if ``(image, target)`` is not a dataset sample (shapes and dtypes of the contracts)."""
+    """Raise ValueError if ``(image, target)`` is not a dataset sample (shapes and dtypes of the contracts).
+
+    Chapter 07 builds this.
+    """
     if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
         got = f"{image.dtype} {tuple(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__
         raise ValueError(f"Expected an image of uint8 (3, H, W) RGB, got {got}; convert it as the datasets do.")
@@ -110,6 +113,7 @@ def with_masks(target: dict, masks: torch.Tensor, labels: torch.Tensor | None = 
     """A new target for new masks (G, H, W): empty masks dropped with their labels, boxes recomputed.
 
     ``labels`` defaults to ``target["labels"]`` (aligned with ``masks``). Other keys are kept.
+    Chapter 07 builds this.
     """
     labels = target["labels"] if labels is None else labels
     cols, rows = _projections(masks)  # (G, W), (G, H)
@@ -167,7 +171,10 @@ def _resize_masks(masks: torch.Tensor, size: tuple[int, int], window: tuple[int,
 
 
 def resize_sample(image: torch.Tensor, target: dict, size: tuple[int, int]):
-    """Resize a sample to ``size`` (h, w), whatever the aspect ratio; masks follow, boxes are recomputed."""
+    """Resize a sample to ``size`` (h, w), whatever the aspect ratio; masks follow, boxes are recomputed.
+
+    Chapter 07 builds this.
+    """
     size = (max(1, int(size[0])), max(1, int(size[1])))
     return _resize_image(image, size), with_masks(target, _resize_masks(target["masks"], size))
 
@@ -175,7 +182,7 @@ def resize_sample(image: torch.Tensor, target: dict, size: tuple[int, int]):
 def resize_crop_sample(image: torch.Tensor, target: dict, size: tuple[int, int], window: tuple[int, int, int, int]):
     """``resize_sample`` to ``size`` then ``crop_sample`` to ``window`` (top, left, height, width), in one step.
 
-    Same result as the two steps; the masks are only computed inside the window.
+    Same result as the two steps; the masks are only computed inside the window. Chapter 07 builds this.
     """
     top, left, height, width = window
     image = _resize_image(image, size)[:, top : top + height, left : left + width]
@@ -183,14 +190,17 @@ def resize_crop_sample(image: torch.Tensor, target: dict, size: tuple[int, int],
 
 
 def crop_sample(image: torch.Tensor, target: dict, top: int, left: int, height: int, width: int):
-    """Cut the window [top, top + height) x [left, left + width) out of a sample (clipped to the image)."""
+    """Cut the window [top, top + height) x [left, left + width) out of a sample (clipped to the image).
+
+    Chapter 07 builds this.
+    """
     bottom, right = top + height, left + width
     masks = target["masks"][:, top:bottom, left:right]  # (G, h, w)
     return image[:, top:bottom, left:right], with_masks(target, masks)
 
 
 def hflip_sample(image: torch.Tensor, target: dict):
-    """Mirror a sample left-right. Applying it twice gives the sample back."""
+    """Mirror a sample left-right. Applying it twice gives the sample back. Chapter 07 builds this."""
     return image.flip(-1), with_masks(target, target["masks"].flip(-1))
 
 
@@ -198,6 +208,7 @@ def paste_(canvas: torch.Tensor, patch: torch.Tensor, top: int, left: int) -> to
     """Write ``patch`` (..., h, w) into ``canvas`` (..., CH, CW) at (top, left), in place; returns the canvas.
 
     ``top``/``left`` may be negative or run past the canvas; only the overlapping part is copied.
+    Chapter 07 builds this.
     """
     ch, cw = canvas.shape[-2:]
     h, w = patch.shape[-2:]
@@ -209,7 +220,10 @@ def paste_(canvas: torch.Tensor, patch: torch.Tensor, top: int, left: int) -> to
 
 
 def pad_sample(image: torch.Tensor, target: dict, size: tuple[int, int], pad_value: int = PAD_VALUE):
-    """Pad a sample at the bottom/right to ``size`` (h, w): image with grey ``pad_value``, masks with 0."""
+    """Pad a sample at the bottom/right to ``size`` (h, w): image with grey ``pad_value``, masks with 0.
+
+    Chapter 07 builds this.
+    """
     h, w = image.shape[1:]
     if h > size[0] or w > size[1]:
         raise ValueError(
@@ -249,6 +263,7 @@ def rgb_to_hsv(image: torch.Tensor) -> torch.Tensor:
     Units: H = hue in degrees / 2, so one turn is 0..180; S = 255 * (max - min) / max; V = max, both 0..255.
     These are the units of the reference's gains (hue +-5 = +-10 degrees, saturation/value +-30 of 255).
     OpenCV rounds H, S and V to integers; this keeps them as floats, so a zero shift is an exact round trip.
+    Chapter 07 builds this.
     """
     x = image.float()
     r, g, b = x  # each (H, W)
@@ -262,7 +277,7 @@ def rgb_to_hsv(image: torch.Tensor) -> torch.Tensor:
 
 
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    """Float HSV (3, H, W) in OpenCV 8-bit units -> uint8 RGB (3, H, W), rounded."""
+    """Float HSV (3, H, W) in OpenCV 8-bit units -> uint8 RGB (3, H, W), rounded. Chapter 07 builds this."""
     h, s, v = hsv
     sextant = h / 30  # (H, W) in [0, 6)
     sat = s / 255
@@ -276,7 +291,10 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
 
 
 def hsv_shift(image: torch.Tensor, hue: float, saturation: float, value: float) -> torch.Tensor:
-    """Shift a uint8 RGB image in OpenCV HSV units: hue wraps mod 180, saturation and value clip to [0, 255]."""
+    """Shift a uint8 RGB image in OpenCV HSV units: hue wraps mod 180, saturation and value clip to [0, 255].
+
+    Chapter 07 builds this.
+    """
     h, s, v = rgb_to_hsv(image)
     hsv = torch.stack([torch.remainder(h + hue, 180), (s + saturation).clamp(0, 255), (v + value).clamp(0, 255)])
     return hsv_to_rgb(hsv)
@@ -370,7 +388,7 @@ class RandomFlip:
 
 
 class Pad:
-    """Pad at the bottom/right to ``size`` (h, w) with grey 114; masks with 0."""
+    """Pad at the bottom/right to ``size`` (h, w) with grey 114; masks with 0. Chapter 07 builds this."""
 
     def __init__(self, size: tuple[int, int], pad_value: int = PAD_VALUE):
         self.size, self.pad_value = size, pad_value
@@ -380,7 +398,10 @@ class Pad:
 
 
 class FilterAnnotations:
-    """``filter_annotations`` as a pipeline step (min_gt_bbox_wh (1, 1) in the reference)."""
+    """``filter_annotations`` as a pipeline step (min_gt_bbox_wh (1, 1) in the reference).
+
+    Chapter 07 builds this.
+    """
 
     def __init__(self, min_wh: tuple[float, float] = (1, 1)):
         self.min_wh = min_wh
@@ -390,7 +411,10 @@ class FilterAnnotations:
 
 
 class LetterboxResize:
-    """The test pipeline's only step: ``letterbox_sample`` into ``size``; stores the geometry as target["letterbox"]."""
+    """The test pipeline's only step: ``letterbox_sample`` into ``size``; stores the geometry as target["letterbox"].
+
+    Chapter 07 builds this.
+    """
 
     def __init__(self, size: tuple[int, int]):
         self.size = size
@@ -596,7 +620,10 @@ def stage1_pipeline(
 
 
 def stage2_pipeline(size: tuple[int, int] = (640, 640), ratio_range: tuple[float, float] = (0.5, 2.0)) -> Compose:
-    """The light pipeline of the last epochs: random resize -> crop -> HSV -> flip -> pad -> filter."""
+    """The light pipeline of the last epochs: random resize -> crop -> HSV -> flip -> pad -> filter.
+
+    Chapter 07 builds this.
+    """
     return Compose(
         [
             RandomResizeCrop(size, ratio_range, size),
@@ -609,7 +636,10 @@ def stage2_pipeline(size: tuple[int, int] = (640, 640), ratio_range: tuple[float
 
 
 def eval_pipeline(size: tuple[int, int] = (640, 640)) -> Compose:
-    """Letterbox into ``size`` (keep ratio, grey padding at the bottom/right); nothing random."""
+    """Letterbox into ``size`` (keep ratio, grey padding at the bottom/right); nothing random.
+
+    Chapter 07 builds this.
+    """
     return Compose([LetterboxResize(size)])
 
 
