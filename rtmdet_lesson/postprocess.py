@@ -1,0 +1,213 @@
+"""From raw head outputs to instances: thresholds, NMS, dynamic masks, back to the original image (chapter 08).
+
+Per image, in the reference's order (rtmdet-ins-facts section 9):
+
+1. sigmoid the class logits; on each level keep the (prior, class) pairs above ``score_thr`` (multi-label:
+   one prior may give several candidates) and of those the ``nms_pre`` best;
+2. decode their boxes from the prior points, clamped to the canvas, and map them to original pixels;
+3. class-aware NMS, then the ``max_per_img`` best;
+4. only for the survivors: the dynamic mask head (stride-8 logits), bilinear x8 to the canvas, crop the
+   letterbox's content region, bilinear resize to the original (H0, W0), sigmoid > ``mask_thr``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pycocotools import mask as mask_utils
+
+from rtmdet_lesson.boxes import distance_to_box
+from rtmdet_lesson.dynamic_mask import dynamic_mask_logits
+from rtmdet_lesson.nms import batched_nms
+from rtmdet_lesson.preprocess import Letterbox
+from rtmdet_lesson.priors import grid_priors
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Post-processing settings. ``EVAL`` is the reference's test config; ``DEPLOY`` trades recall for speed."""
+
+    score_thr: float = 0.05  # candidates need sigmoid score > score_thr
+    nms_pre: int = 1000  # at most this many candidates per level go into NMS
+    iou_threshold: float = 0.6  # NMS drops a box overlapping a better one of its class by more than this
+    max_per_img: int = 100  # instances kept per image after NMS
+    mask_thr: float = 0.5  # mask pixel is on when sigmoid(logit) > mask_thr
+
+
+EVAL = InferenceConfig()
+DEPLOY = InferenceConfig(score_thr=0.3, nms_pre=200, iou_threshold=0.6, max_per_img=30, mask_thr=0.5)
+CONFIGS = {"eval": EVAL, "deploy": DEPLOY}
+
+
+def resolve_config(config: str | InferenceConfig, score_thr: float | None = None) -> InferenceConfig:
+    """``"eval"``, ``"deploy"`` or an ``InferenceConfig`` -> an ``InferenceConfig`` (``score_thr`` overrides)."""
+    if isinstance(config, str):
+        if config not in CONFIGS:
+            raise ValueError(f"unknown inference config {config!r}; use one of {sorted(CONFIGS)} or an InferenceConfig")
+        config = CONFIGS[config]
+    if not isinstance(config, InferenceConfig):
+        raise ValueError(f"config must be 'eval', 'deploy' or an InferenceConfig, got {type(config).__name__}")
+    return config if score_thr is None else replace(config, score_thr=score_thr)
+
+
+@dataclass
+class Instances:
+    """What ``predict`` returns for one image (chapter 08).
+
+    boxes (K, 4) x1y1x2y2 in original-image pixels, scores (K,), labels (K,) int64 from 0, masks (K, H0, W0)
+    bool at the original resolution (None for a detection-only model), letterbox: how the image was placed on
+    the canvas. ``prior_index`` (K,) says which prior (row of ``grid_priors``) predicted each instance.
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor | None
+    letterbox: Letterbox
+    prior_index: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
+
+    def to_coco(self, image_id: int, label_to_category_id: dict[int, int] | None = None) -> list[dict]:
+        """COCO result dicts: bbox [x, y, w, h], score, category_id (mapped back), RLE segmentation (str counts).
+
+        ``label_to_category_id`` maps contiguous labels to the dataset's category ids (identity if None).
+        """
+        boxes = self.boxes.detach().float().cpu()
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()  # (K, 4)
+        rles = encode_masks(self.masks) if self.masks is not None else [None] * len(self)
+        results = []
+        for box, score, label, rle in zip(xywh, self.scores.tolist(), self.labels.tolist(), rles, strict=True):
+            if label_to_category_id is not None and label not in label_to_category_id:
+                raise ValueError(f"label {label} has no category id in label_to_category_id; pass the dataset's map")
+            category_id = label if label_to_category_id is None else label_to_category_id[label]
+            result = {"image_id": int(image_id), "category_id": int(category_id), "bbox": box, "score": score}
+            if rle is not None:
+                result["segmentation"] = rle
+            results.append(result)
+        return results
+
+
+def encode_masks(masks: torch.Tensor) -> list[dict]:
+    """Bool masks (K, H, W) -> COCO RLE dicts with ``counts`` as str (JSON-ready)."""
+    array = np.asfortranarray(masks.detach().cpu().numpy().astype(np.uint8).transpose(1, 2, 0))  # (H, W, K)
+    rles = mask_utils.encode(array) if masks.shape[0] else []
+    return [{"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in rles]
+
+
+def results_to_json(results: list[dict]) -> str:
+    """COCO result dicts -> a JSON string (what ``loadRes`` and the CLI read)."""
+    return json.dumps(results)
+
+
+def select_candidates(
+    cls_scores: list[torch.Tensor], score_thr: float, nms_pre: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Multi-label candidates of one image, per level: score > ``score_thr``, then the ``nms_pre`` best.
+
+    Args:
+        cls_scores: per level ``(C, H_l, W_l)`` logits of one image.
+
+    Returns:
+        ``(prior_index, labels, scores)``, each ``(M,)``: the row of the concatenated priors, the class and
+        its sigmoid score, levels in stride order, each level best first.
+    """
+    prior_index, labels, scores = [], [], []
+    offset = 0
+    for logits in cls_scores:
+        c, h, w = logits.shape
+        probs = logits.sigmoid().permute(1, 2, 0).reshape(-1)  # (H_l*W_l*C,), prior-major
+        flat = torch.nonzero(probs > score_thr).squeeze(1)  # (M_l,)
+        top = probs[flat].topk(min(nms_pre, flat.numel())).indices  # sorted best first
+        flat = flat[top]
+        prior_index.append(flat // c + offset)
+        labels.append(flat % c)
+        scores.append(probs[flat])
+        offset += h * w
+    return torch.cat(prior_index), torch.cat(labels), torch.cat(scores)
+
+
+def mask_logits_to_original(logits: torch.Tensor, letterbox: Letterbox, mask_stride: int = 8) -> torch.Tensor:
+    """Stride-8 mask logits ``(K, h, w)`` on the canvas -> logits ``(K, H0, W0)`` on the original image.
+
+    Bilinear x8 to the canvas (align_corners False), crop the content region the letterbox filled, then
+    bilinear resize to ``original_size``: the y size from ``scale_y``, the x size from ``scale_x`` (swapping
+    them is the reference's bug, field-notes 1.1).
+    """
+    k, h, w = logits.shape
+    canvas = F.interpolate(logits[None], size=(h * mask_stride, w * mask_stride), mode="bilinear", align_corners=False)
+    new_h, new_w = letterbox.resized_size
+    top, left = letterbox.pad_top, letterbox.pad_left
+    content = canvas[:, :, top : top + new_h, left : left + new_w]  # (1, K, new_h, new_w)
+    if (new_h, new_w) != tuple(letterbox.original_size):
+        content = F.interpolate(content, size=tuple(letterbox.original_size), mode="bilinear", align_corners=False)
+    return content[0]  # (K, H0, W0)
+
+
+def _empty(letterbox: Letterbox, with_mask: bool, like: torch.Tensor) -> Instances:
+    h0, w0 = letterbox.original_size
+    long = torch.zeros(0, dtype=torch.int64, device=like.device)
+    return Instances(
+        boxes=like.new_zeros(0, 4),
+        scores=like.new_zeros(0),
+        labels=long,
+        masks=torch.zeros(0, h0, w0, dtype=torch.bool, device=like.device) if with_mask else None,
+        letterbox=letterbox,
+        prior_index=long,
+    )
+
+
+def postprocess(
+    outputs,
+    letterboxes: list[Letterbox],
+    config: str | InferenceConfig = "eval",
+    strides: tuple[int, ...] = (8, 16, 32),
+) -> list[Instances]:
+    """Raw ``HeadOutput`` of a batch -> one ``Instances`` per image (chapter 08 builds this step by step).
+
+    ``letterboxes[i]`` says how image ``i`` was placed on the canvas. Works for detection-only outputs too
+    (``kernel_preds`` None: ``masks`` is None).
+    """
+    cfg = resolve_config(config)
+    cls_scores, bbox_preds = outputs.cls_scores, outputs.bbox_preds
+    with_mask = outputs.kernel_preds is not None and outputs.mask_feats is not None
+    if len(letterboxes) != cls_scores[0].shape[0]:
+        raise ValueError(f"got {len(letterboxes)} letterboxes for a batch of {cls_scores[0].shape[0]} images")
+    sizes = [tuple(s.shape[-2:]) for s in cls_scores]
+    canvas = (sizes[0][0] * strides[0], sizes[0][1] * strides[0])
+    if any(tuple(box.canvas_size) != canvas for box in letterboxes):
+        raise ValueError(f"the letterboxes' canvas sizes do not match the network input {canvas}")
+    priors = grid_priors(sizes, strides, device=bbox_preds[0].device, dtype=bbox_preds[0].dtype)  # (N, 4)
+    results = []
+    for i, letterbox in enumerate(letterboxes):
+        prior_index, labels, scores = select_candidates([s[i] for s in cls_scores], cfg.score_thr, cfg.nms_pre)
+        if prior_index.numel() == 0:
+            results.append(_empty(letterbox, with_mask, priors))
+            continue
+        distances = torch.cat([p[i].permute(1, 2, 0).reshape(-1, 4) for p in bbox_preds])  # (N, 4)
+        boxes = distance_to_box(priors[prior_index, :2], distances[prior_index], max_shape=canvas)  # (M, 4)
+        boxes = letterbox.boxes_to_original(boxes)  # (M, 4) original pixels
+        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # drop boxes squashed to nothing
+        prior_index, labels, scores, boxes = prior_index[valid], labels[valid], scores[valid], boxes[valid]
+        keep = batched_nms(boxes, scores, labels, cfg.iou_threshold, max_keep=cfg.max_per_img)  # (K,) best first
+        prior_index, labels, scores, boxes = prior_index[keep], labels[keep], scores[keep], boxes[keep]
+        masks = None
+        if with_mask:
+            if keep.numel() == 0:
+                masks = torch.zeros(0, *letterbox.original_size, dtype=torch.bool, device=boxes.device)
+            else:
+                kernels = torch.cat([k[i].permute(1, 2, 0).reshape(-1, k.shape[1]) for k in outputs.kernel_preds])
+                logits = dynamic_mask_logits(
+                    outputs.mask_feats[i : i + 1],
+                    kernels[prior_index],  # (K, 169)
+                    priors[prior_index],  # (K, 4)
+                    torch.zeros_like(prior_index),  # all from this image
+                )  # (K, h, w) stride 8
+                masks = mask_logits_to_original(logits, letterbox, strides[0]).sigmoid() > cfg.mask_thr
+        results.append(Instances(boxes, scores, labels, masks, letterbox, prior_index))
+    return results
