@@ -36,14 +36,14 @@ def _unwrap(model: nn.Module) -> nn.Module:
 class ExpMomentumEMA:
     """An EMA copy of a model; ``ema.module`` is an ``nn.Module`` with the averaged weights. Chapter 07 builds this.
 
-    Call ``ema.update(model)`` after every optimizer step. Evaluate and save ``ema.module`` (put it in eval
+    Call ``ema.update(model)`` after every optimizer step. Evaluate and save ``ema.module`` (kept in eval
     mode). ``state_dict()`` / ``load_state_dict()`` include the step count, for resuming.
     """
 
     def __init__(self, model: nn.Module, momentum: float = 0.0002, gamma: float = 2000.0, update_buffers: bool = True):
         if not 0 < momentum < 1 or gamma <= 0:
             raise ValueError(f"EMA needs 0 < momentum < 1 and gamma > 0, got momentum={momentum}, gamma={gamma}.")
-        self.module = copy.deepcopy(_unwrap(model)).requires_grad_(False)
+        self.module = copy.deepcopy(_unwrap(model)).requires_grad_(False).eval()
         self.momentum, self.gamma, self.update_buffers, self.steps = momentum, gamma, update_buffers, 0
 
     def _tracked(self, model: nn.Module) -> dict[str, torch.Tensor]:

@@ -37,7 +37,7 @@ def test_first_update_copies_then_averages_with_m_of_the_step():
     ema.update(model)  # step 1
     m = ema_momentum(1)
     torch.testing.assert_close(ema.module[0].weight, (1 - m) * before + m * model[0].weight)
-    assert not ema.module[0].weight.requires_grad
+    assert not ema.module[0].weight.requires_grad and not ema.module.training
 
 
 def test_constant_parameters_stay_constant():
