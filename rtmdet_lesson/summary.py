@@ -10,6 +10,8 @@ default Ins head pays for its second pass of the cls tower, as the published num
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 
@@ -76,7 +78,12 @@ def format_table(rows: list[tuple[str, int, int]], image_size: tuple[int, int] =
 
 def main(args) -> int:
     """``python -m rtmdet_lesson summary PRESET [--num-classes C]``."""
-    model = build_model(args.preset, getattr(args, "num_classes", None))
+    try:
+        with torch.device("meta"):  # counting needs shapes only, so even x builds instantly
+            model = build_model(args.preset, getattr(args, "num_classes", None))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"{args.preset}: {model.num_classes} classes, {'RTMDet-Ins' if model.with_mask else 'RTMDet'}")
     print(format_table(summarize(model)))
     print("FLOPs = conv multiply-accumulates for one image (BN, activations, post-processing not counted)")

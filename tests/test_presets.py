@@ -85,3 +85,11 @@ def test_summary_main_prints_a_table(capsys):
     assert main(Args()) == 0
     out = capsys.readouterr().out
     assert "7 classes" in out and "head: mask features" in out and "total" in out
+
+
+def test_summary_main_rejects_unknown_preset(capsys):
+    class Args:
+        preset, num_classes = "rtmdet-huge", None
+
+    assert main(Args()) == 2
+    assert "valid names" in capsys.readouterr().err
