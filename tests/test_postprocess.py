@@ -31,6 +31,10 @@ def test_presets_are_the_reference_test_settings():
     assert resolve_config("deploy", score_thr=0.7).score_thr == 0.7
     with pytest.raises(ValueError, match="eval"):
         resolve_config("fast")
+    with pytest.raises(ValueError, match="mask_thr"):
+        InferenceConfig(mask_thr=1.0)
+    with pytest.raises(ValueError, match="max_per_img"):
+        InferenceConfig(max_per_img=0)
 
 
 def plain_candidates(levels, thr, nms_pre):
