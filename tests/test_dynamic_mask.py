@@ -75,9 +75,7 @@ def test_float64_stays_float64():
 
 def test_zero_instances():
     mask_feats, _, _, _ = _inputs()
-    got = dynamic_mask_logits(
-        mask_feats, torch.zeros(0, 169), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)
-    )
+    got = dynamic_mask_logits(mask_feats, torch.zeros(0, 169), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
     assert got.shape == (0, 6, 7)
 
 

@@ -10,9 +10,14 @@ def test_grid_priors_hand_checked():
     priors = grid_priors([(2, 3), (1, 2)], strides=(8, 16))
     expected = torch.tensor(
         [
-            [0, 0, 8, 8], [8, 0, 8, 8], [16, 0, 8, 8],  # level 0, row 0 (x inner)
-            [0, 8, 8, 8], [8, 8, 8, 8], [16, 8, 8, 8],  # level 0, row 1
-            [0, 0, 16, 16], [16, 0, 16, 16],  # level 1
+            [0, 0, 8, 8],
+            [8, 0, 8, 8],
+            [16, 0, 8, 8],  # level 0, row 0 (x inner)
+            [0, 8, 8, 8],
+            [8, 8, 8, 8],
+            [16, 8, 8, 8],  # level 0, row 1
+            [0, 0, 16, 16],
+            [16, 0, 16, 16],  # level 1
         ],
         dtype=torch.float32,
     )
