@@ -244,7 +244,8 @@ def plot_distance_coding(
     ax.add_patch(Rectangle((x - l, y - t), l + r, t + b, fill=False, edgecolor="tab:green", lw=2, label="box"))
     for (dx, dy), name in zip([(-l, 0), (0, -t), (r, 0), (0, b)], "ltrb", strict=True):
         ax.add_patch(FancyArrowPatch((x, y), (x + dx, y + dy), arrowstyle="-|>", mutation_scale=10, color="tab:blue"))
-        ax.text(x + dx / 2, y + dy / 2, name, color="tab:blue", fontsize=11, ha="center", va="bottom")
+        label_x, label_y = x + dx / 2 + (stride / 3 if dx == 0 else 0), y + dy / 2 - (stride / 4 if dy == 0 else 0)
+        ax.text(label_x, label_y, name, color="tab:blue", fontsize=11, ha="center", va="center")
     ax.scatter([x], [y], s=40, color="tab:red", zorder=3, label="the prior point")
     ax.set_xlim(-stride / 2, w)
     ax.set_ylim(h, -stride / 2)
@@ -256,10 +257,17 @@ def plot_distance_coding(
 
 
 def plot_score_histogram(scores: dict[str, torch.Tensor], prior_prob: float = 0.01) -> Figure:
-    """Histogram of sigmoid scores (any shape) per name, with a line at ``prior_prob``."""
+    """Histogram of sigmoid scores (any shape) per name, with a line at ``prior_prob``.
+
+    The x range covers the scores and ``prior_prob``, so a narrow start-of-training spread stays visible.
+    """
+    values = {name: s.detach().float().cpu().ravel().numpy() for name, s in scores.items()}
+    lo = min([prior_prob] + [v.min() for v in values.values() if v.size])
+    hi = max([prior_prob] + [v.max() for v in values.values() if v.size])
+    pad = max(hi - lo, 1e-6) * 0.05
     fig, ax = plt.subplots(figsize=(5, 3))
-    for name, s in scores.items():
-        ax.hist(s.detach().float().cpu().ravel().numpy(), bins=60, range=(0, 1), alpha=0.6, label=name, log=True)
+    for name, v in values.items():
+        ax.hist(v, bins=60, range=(lo - pad, hi + pad), alpha=0.6, label=name, log=True)
     ax.axvline(prior_prob, color="black", ls="--", lw=1, label=f"p = {prior_prob}")
     ax.set_xlabel("sigmoid(cls logit)")
     ax.set_ylabel("count (log)")
