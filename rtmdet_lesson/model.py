@@ -33,6 +33,8 @@ class RTMDet(nn.Module):
             reference's behaviour, kept by default so that official counts and weights match).
         preset: the name it was built from (for checkpoints and printing).
         class_names: optional list of C names (index = label).
+        input_size: the square canvas side the model is meant for (640 official, 320 course presets);
+            ``predict`` letterboxes onto it. ``forward`` takes any multiple of 32.
 
     ``forward(x (B, 3, H, W)) -> HeadOutput`` with per-level lists at strides ``self.strides``.
     """
@@ -49,11 +51,12 @@ class RTMDet(nn.Module):
         separate_reg_tower: bool = False,
         preset: str = "custom",
         class_names: list[str] | None = None,
+        input_size: int = 640,
     ):
         super().__init__()
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"got {len(class_names)} class names for num_classes={num_classes}; give one per class")
-        self.num_classes, self.with_mask, self.preset = num_classes, with_mask, preset
+        self.num_classes, self.with_mask, self.preset, self.input_size = num_classes, with_mask, preset, input_size
         self.class_names = list(class_names) if class_names is not None else None
         self.settings = dict(
             num_classes=num_classes,
@@ -62,6 +65,7 @@ class RTMDet(nn.Module):
             with_mask=with_mask,
             exp_on_reg=exp_on_reg,
             separate_reg_tower=separate_reg_tower,
+            input_size=input_size,
         )
         self.backbone = CSPNeXt(deepen_factor, widen_factor)
         neck_channels = scaled_channels(256, widen_factor)

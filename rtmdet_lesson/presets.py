@@ -25,7 +25,9 @@ OFFICIAL_FACTORS = {  # size -> (deepen_factor, widen_factor), from the mmdetect
 }
 
 
-def _preset(deepen: float, widen: float, with_mask: bool, exp_on_reg: bool, num_classes: int) -> dict:
+def _preset(
+    deepen: float, widen: float, with_mask: bool, exp_on_reg: bool, num_classes: int, input_size: int = 640
+) -> dict:
     return dict(
         deepen_factor=deepen,
         widen_factor=widen,
@@ -33,6 +35,7 @@ def _preset(deepen: float, widen: float, with_mask: bool, exp_on_reg: bool, num_
         exp_on_reg=exp_on_reg,
         separate_reg_tower=False,
         num_classes=num_classes,
+        input_size=input_size,
     )
 
 
@@ -45,8 +48,8 @@ PRESETS: dict[str, dict] = {
         f"rtmdet-ins-{size}": _preset(d, w, with_mask=True, exp_on_reg=False, num_classes=80)
         for size, (d, w) in OFFICIAL_FACTORS.items()
     },
-    "course-sprites": _preset(0.167, 0.25, with_mask=True, exp_on_reg=False, num_classes=5),
-    "course-sprites-det": _preset(0.167, 0.25, with_mask=False, exp_on_reg=False, num_classes=5),
+    "course-sprites": _preset(0.167, 0.25, with_mask=True, exp_on_reg=False, num_classes=5, input_size=320),
+    "course-sprites-det": _preset(0.167, 0.25, with_mask=False, exp_on_reg=False, num_classes=5, input_size=320),
 }
 """name -> the ``RTMDet`` arguments it stands for. ``exp_on_reg`` only matters for detectors (Ins uses ReLU)."""
 
