@@ -305,6 +305,8 @@ def prior_coordinates_figure(image: torch.Tensor | np.ndarray, level: int = 1, x
 
     The prior is the one of the cell holding pixel (x, y), i.e. at (x // s * s, y // s * s). Chapter 04's
     widget drives this with sliders; ``image`` is (3, H, W) or (H, W, 3) with H and W multiples of 32.
+    The colour scale is -1..1 for every level (8 strides either side of the prior; it saturates beyond), so
+    the flatter ramps of coarser levels show.
     """
     img = _image_hwc(image)
     h, w = img.shape[:2]
