@@ -37,13 +37,17 @@ def _load_results(coco_gt: COCO, results: list[dict]) -> COCO:
 
 
 def evaluate_results(
-    coco_gt: COCO, results: list[dict], iou_types: tuple[str, ...] = ("bbox", "segm"), verbose: bool = False
+    coco_gt: COCO,
+    results: list[dict],
+    iou_types: tuple[str, ...] = ("bbox", "segm"),
+    image_ids: list[int] | None = None,
+    verbose: bool = False,
 ) -> dict[str, float]:
     """COCO metrics of result dicts against ground truth: ``{"bbox_AP": ..., "segm_AP": ..., ...}`` (fractions).
 
     Every ``iou_type`` gives the 12 ``STAT_NAMES`` prefixed with it (``bbox_AP50``, ``segm_ARl``...).
-    Only the images of ``coco_gt`` are evaluated, so an image without detections counts as all misses.
-    ``verbose`` lets pycocotools print its usual tables.
+    The images evaluated are ``image_ids`` (default: all of ``coco_gt``); one without detections counts as
+    all misses. ``verbose`` lets pycocotools print its usual tables. Chapter 08 uses it.
     """
     if "segm" in iou_types and any("segmentation" not in r for r in results):
         raise ValueError("segm evaluation needs a 'segmentation' in every result; use iou_types=('bbox',) for boxes.")
@@ -51,7 +55,7 @@ def evaluate_results(
     metrics = {}
     for iou_type in iou_types:
         evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
-        evaluator.params.imgIds = sorted(coco_gt.getImgIds())
+        evaluator.params.imgIds = sorted(coco_gt.getImgIds() if image_ids is None else image_ids)
         with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
             evaluator.evaluate()
             evaluator.accumulate()
@@ -67,11 +71,12 @@ def predict_dataset(
     device=None,
     batch_size: int = 8,
     progress: bool = True,
+    indices: list[int] | None = None,
 ) -> list[dict]:
-    """Run ``predict`` over every image of a ``CocoInstanceDataset``; return COCO result dicts."""
+    """Run ``predict`` over the images of a ``CocoInstanceDataset`` (all, or ``indices``); return COCO results."""
     results = []
-    indices = range(len(dataset))
-    batches = [list(indices[i : i + batch_size]) for i in range(0, len(dataset), batch_size)]
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     for batch in tqdm(batches, desc="predict", disable=not progress):
         items = [dataset[i] for i in batch]
         instances = predict(model, [image for image, _ in items], config=config, device=device, batch_size=batch_size)
@@ -88,16 +93,18 @@ def evaluate_coco(
     batch_size: int = 8,
     results_file: str | Path | None = None,
     progress: bool = True,
+    indices: list[int] | None = None,
 ) -> dict[str, float]:
     """Box (and, for Ins models, mask) COCO AP of ``model`` on ``dataset``. Chapter 08.
 
     Returns ``bbox_AP``, ``segm_AP`` (AP@[.5:.95] as fractions) and the other COCO stats (``STAT_NAMES``)
     for each type; a detection-only model gives only the ``bbox_*`` entries. ``results_file`` also writes
-    the COCO result JSON (RLE masks) there.
+    the COCO result JSON (RLE masks) there. ``indices`` evaluates only those images of the dataset.
     """
-    results = predict_dataset(model, dataset, config, device, batch_size, progress)
+    results = predict_dataset(model, dataset, config, device, batch_size, progress, indices)
     if results_file is not None:
         Path(results_file).parent.mkdir(parents=True, exist_ok=True)
         Path(results_file).write_text(json.dumps(results))
     iou_types = ("bbox", "segm") if getattr(model, "with_mask", True) else ("bbox",)
-    return evaluate_results(dataset.coco, results, iou_types)
+    image_ids = None if indices is None else [dataset.ids[i] for i in indices]
+    return evaluate_results(dataset.coco, results, iou_types, image_ids)

@@ -8,7 +8,7 @@ import torch
 
 from rtmdet_lesson.data.coco import sprites_split
 from rtmdet_lesson.data.sprites import generate_sprites
-from rtmdet_lesson.evaluate import STAT_NAMES, evaluate_coco, evaluate_results
+from rtmdet_lesson.evaluate import STAT_NAMES, evaluate_coco, evaluate_results, predict_dataset
 from rtmdet_lesson.postprocess import InferenceConfig, Instances
 from rtmdet_lesson.preprocess import letterbox_geometry
 from rtmdet_lesson.presets import build_model
@@ -94,3 +94,21 @@ def test_evaluate_coco_with_no_detections(dataset):
     model.input_size = 64
     metrics = evaluate_coco(model, dataset, config=InferenceConfig(score_thr=0.99), progress=False)
     assert metrics["bbox_AP"] == 0.0 and "segm_AP" not in metrics  # a detector has no masks
+
+
+def test_a_subset_of_images(dataset):
+    first = dataset[0][1]["image_id"]
+    results = [r for r in perfect_results(dataset) if r["image_id"] == first]
+    assert results  # val image 1 of seed 0 has 9 sprites
+    assert evaluate_results(dataset.coco, results, image_ids=[first])["segm_AP"] == pytest.approx(1.0)
+    assert evaluate_results(dataset.coco, results)["segm_AP"] < 1.0  # the other images count as misses
+
+
+def test_evaluate_coco_on_chosen_images(dataset):
+    model = build_model("course-sprites").eval()
+    model.input_size = 64
+    config = InferenceConfig(score_thr=0.0, max_per_img=2)
+    results = predict_dataset(model, dataset, config, indices=[1, 3], progress=False)
+    assert {r["image_id"] for r in results} == {dataset.ids[1], dataset.ids[3]}
+    metrics = evaluate_coco(model, dataset, config=config, indices=[1, 3], progress=False)
+    assert 0 <= metrics["bbox_AR100"] <= 1
