@@ -72,6 +72,7 @@ def predict_dataset(
     batch_size: int = 8,
     progress: bool = True,
     indices: list[int] | None = None,
+    canvas_size: int | tuple[int, int] | None = None,
 ) -> list[dict]:
     """Run ``predict`` over the images of a ``CocoInstanceDataset`` (all, or ``indices``); return COCO results."""
     results = []
@@ -79,7 +80,8 @@ def predict_dataset(
     batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     for batch in tqdm(batches, desc="predict", disable=not progress):
         items = [dataset[i] for i in batch]
-        instances = predict(model, [image for image, _ in items], config=config, device=device, batch_size=batch_size)
+        instances = predict(model, [image for image, _ in items], config=config, canvas_size=canvas_size,
+                            device=device, batch_size=batch_size)
         for (_, target), found in zip(items, instances, strict=True):
             results += found.to_coco(target["image_id"], dataset.label_to_category_id)
     return results
@@ -94,14 +96,16 @@ def evaluate_coco(
     results_file: str | Path | None = None,
     progress: bool = True,
     indices: list[int] | None = None,
+    canvas_size: int | tuple[int, int] | None = None,
 ) -> dict[str, float]:
     """Box (and, for Ins models, mask) COCO AP of ``model`` on ``dataset``. Chapter 08.
 
     Returns ``bbox_AP``, ``segm_AP`` (AP@[.5:.95] as fractions) and the other COCO stats (``STAT_NAMES``)
     for each type; a detection-only model gives only the ``bbox_*`` entries. ``results_file`` also writes
-    the COCO result JSON (RLE masks) there. ``indices`` evaluates only those images of the dataset.
+    the COCO result JSON (RLE masks) there. ``indices`` evaluates only those images of the dataset;
+    ``canvas_size`` is passed to ``predict`` (default: the model's).
     """
-    results = predict_dataset(model, dataset, config, device, batch_size, progress, indices)
+    results = predict_dataset(model, dataset, config, device, batch_size, progress, indices, canvas_size)
     if results_file is not None:
         Path(results_file).parent.mkdir(parents=True, exist_ok=True)
         Path(results_file).write_text(json.dumps(results))

@@ -110,5 +110,5 @@ def test_evaluate_coco_on_chosen_images(dataset):
     config = InferenceConfig(score_thr=0.0, max_per_img=2)
     results = predict_dataset(model, dataset, config, indices=[1, 3], progress=False)
     assert {r["image_id"] for r in results} == {dataset.ids[1], dataset.ids[3]}
-    metrics = evaluate_coco(model, dataset, config=config, indices=[1, 3], progress=False)
+    metrics = evaluate_coco(model, dataset, config=config, indices=[1, 3], progress=False, canvas_size=96)
     assert 0 <= metrics["bbox_AR100"] <= 1
