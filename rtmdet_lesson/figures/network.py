@@ -123,14 +123,14 @@ def plot_feature_maps(
     """
     rows = len(features) + (image is not None)
     cols = channels + 1
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.9 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
         ax.axis("off")
     r = 0
     if image is not None:
-        axes[0, 0].imshow(_image_hwc(image))
+        axes[0, 0].imshow(_image_hwc(image), interpolation="nearest")
         axes[0, 0].set_title("input", fontsize=8)
         r = 1
     for name, fmap in features.items():
@@ -138,10 +138,10 @@ def plot_feature_maps(
             raise ValueError(f"feature map {name!r} should be (C, h, w), got shape {tuple(fmap.shape)}; drop B.")
         fmap = fmap.detach().float().cpu()
         c, h, w = fmap.shape
-        axes[r, 0].imshow(fmap.abs().mean(0).numpy(), cmap="viridis")
+        axes[r, 0].imshow(fmap.abs().mean(0).numpy(), cmap="viridis", interpolation="nearest")
         axes[r, 0].set_title(f"{name} mean|a|\n({c}, {h}, {w})", fontsize=8)
         for k in range(min(channels, c)):
-            axes[r, k + 1].imshow(fmap[k].numpy(), cmap="magma")
+            axes[r, k + 1].imshow(fmap[k].numpy(), cmap="magma", interpolation="nearest")
             axes[r, k + 1].set_title(f"{name} ch {k}", fontsize=8)
         r += 1
     fig.tight_layout()
@@ -313,7 +313,7 @@ def prior_coordinates_figure(image: torch.Tensor | np.ndarray, level: int = 1, x
     stride = STRIDES[level]
     prior, coords = prior_coordinate_maps((h, w), level, min(y, h - 1) // stride, min(x, w - 1) // stride)
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
-    axes[0].imshow(img)
+    axes[0].imshow(img, interpolation="nearest")
     gx, gy = np.meshgrid(np.arange(0, w, stride), np.arange(0, h, stride))
     axes[0].scatter(gx.ravel(), gy.ravel(), s=4 if stride == 8 else 9, color="white", edgecolor="black", lw=0.3)
     px, py = float(prior[0]), float(prior[1])
