@@ -80,8 +80,8 @@ def draw_positives(ax, image, priors: torch.Tensor, gt_boxes: torch.Tensor, gt_i
         pos = (gt_index == j).nonzero()[:, 0]
         for stride, marker in LEVEL_MARKERS.items():
             sel = pos[priors[pos, 2] == stride]
-            ax.scatter(priors[sel, 0], priors[sel, 1], s=22 if highlight is None else 60, marker=marker,
-                       color=colors[j % 10], edgecolors="white" if highlight is None else "black", linewidths=0.8)
+            ax.scatter(priors[sel, 0], priors[sel, 1], s=22 if highlight is None else 90, marker=marker,
+                       color=colors[j % 10], edgecolors="white", linewidths=0.8 if highlight is None else 2)
     ax.set_axis_off()
 
 
