@@ -48,6 +48,8 @@ log = logging.getLogger("rtmdet_lesson.train")
 REFERENCE_LR = 0.004  # AdamW lr of the official recipe ...
 REFERENCE_BATCH = 256  # ... for its total batch of 8 GPUs x 32 images
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+AUGMENTS = ("reference", "flip", "none")
+ZERO_POSITIVE_PATIENCE = 10  # first iterations watched for "objects but no positives" (field-notes 1.2)
 
 
 def scaled_lr(total_batch: int) -> float:
@@ -83,6 +85,7 @@ class TrainConfig:
     flat_fraction: float = 0.5  # flat lr for this share of the epochs, then cosine (reference: 150 of 300)
     min_lr_ratio: float = 0.05  # the cosine ends at this share of the base lr
     stage2_epochs: int | None = None  # last epochs without mosaic/mixup; None: 20 of 300, scaled to `epochs`
+    augment: str = "reference"  # "reference": the two stages below; "flip": letterbox + flip; "none": letterbox
     mosaic: bool = True
     mixup: bool = True
     ema: bool = True
@@ -105,6 +108,8 @@ class TrainConfig:
             raise ValueError(f"image size {image_size} is not a multiple of 32; try 320 or 640")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs ({self.epochs}) and batch size ({self.batch_size}) must be at least 1")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
         if self.amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
         stage2 = self.stage2_epochs if self.stage2_epochs is not None else round(self.epochs * 20 / 300)
@@ -164,10 +169,22 @@ class _ResumableSampler(Sampler):
         return max(0, len(self.sampler) - self.skip)
 
 
-def augment_recipe(preset: str) -> str:
-    """Which size's augmentation settings a preset uses (facts 8.3): its own, "tiny" for the course models."""
-    size = preset.rsplit("-", 1)[-1]
-    return size if size in ("tiny", "s", "m", "l", "x") else "tiny"
+def build_pipeline(config: TrainConfig):
+    """The augmentation pipeline ``pipeline(image, target, rng)`` of a (resolved) config.
+
+    "reference": the recipe's stage 1 (mosaic, mixup if enabled, random resize and crop, HSV, flip) switching
+    to stage 2 for the last ``stage2_epochs``, with the settings of the preset's size (the course presets use
+    tiny's). "flip" and "none" only letterbox (and flip): for checking that a model can fit a few images.
+    """
+    from rtmdet_lesson.data import transforms
+
+    size = (config.image_size, config.image_size)
+    if config.augment == "reference":
+        recipe = config.preset.rsplit("-", 1)[-1]
+        recipe = recipe if recipe in transforms.REFERENCE_AUGMENT else "tiny"
+        return transforms.train_pipeline(size, config.epochs, config.stage2_epochs, recipe, config.mosaic, config.mixup)
+    flip = [transforms.RandomFlip(0.5)] if config.augment == "flip" else []
+    return transforms.Compose([transforms.LetterboxResize(size), *flip])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,7 +272,6 @@ def train(config: TrainConfig, resume: str | Path | None = None, max_iters: int 
 
 def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, on_step) -> dict:
     from rtmdet_lesson.data.collate import AugmentedDataset, collate, worker_init_fn
-    from rtmdet_lesson.data.transforms import train_pipeline
     from rtmdet_lesson.ema import ExpMomentumEMA
     from rtmdet_lesson.schedule import build_lr_scheduler, param_groups
 
@@ -297,10 +313,8 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
     iters_per_epoch = len(base_sampler) // config.batch_size  # drop_last: every batch is full
     total_iters = iters_per_epoch * config.epochs
     switch_epoch = config.epochs - config.stage2_epochs
-    size = (config.image_size, config.image_size)
-    pipeline = train_pipeline(size, config.epochs, config.stage2_epochs, augment_recipe(config.preset),
-                              mosaic=config.mosaic, mixup=config.mixup)
-    train_ds = AugmentedDataset(train_raw, pipeline, seed=config.seed + info.rank)  # rank r augments with seed + r
+    # rank r augments with seed + r; AugmentedDataset reseeds at (seed, epoch, worker) so epochs are reproducible
+    train_ds = AugmentedDataset(train_raw, build_pipeline(config), seed=config.seed + info.rank)
     loader = DataLoader(
         train_ds,
         batch_size=config.batch_size,
@@ -358,7 +372,8 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
             "skipped_steps": skipped, "rng": rngs, "config": asdict(config),
         }
         for path in paths:
-            save_checkpoint(path, eval_model, class_names, metrics=metrics, train_state=train_state)
+            save_checkpoint(path, eval_model, class_names, metrics=metrics, image_size=config.image_size,
+                            train_state=train_state)
 
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     metrics: dict = {}
@@ -456,13 +471,13 @@ def _evaluate(model: nn.Module, val_ds, info: distributed.DistInfo, config: Trai
 
 def _check_positives(info, iteration: int, record: dict, positives_seen: float) -> None:
     """Field-notes 1.2: no positive priors while there are objects means the targets do not fit the images."""
-    if iteration > 10 or record["num_pos"] > 0 or record["num_gt"] == 0:
+    if iteration > ZERO_POSITIVE_PATIENCE or record["num_pos"] > 0 or record["num_gt"] == 0:
         return
     message = (f"iteration {iteration}: {record['num_gt']:.0f} objects but no positive priors. The box and mask "
                "losses cannot learn: check that the boxes are x1y1x2y2 pixels of the network input and the labels "
                "0..C-1 (a category-id mismatch in the annotations is the usual cause, field-notes 1.2)")
-    if iteration == 10 and positives_seen == 0:
-        raise RuntimeError(message + "; stopped after 10 such iterations")
+    if iteration == ZERO_POSITIVE_PATIENCE and positives_seen == 0:
+        raise RuntimeError(message + f"; stopped: no positives in the first {iteration} iterations")
     _say(info, message, logging.WARNING)
 
 
@@ -471,7 +486,7 @@ def _floats(losses: dict) -> dict:
 
 
 def _fmt(losses: dict) -> str:
-    return ", ".join(f"{k} {float(v):.4g}" for k, v in losses.items())
+    return ", ".join(f"{k} {v:.4g}" for k, v in _floats(losses).items())
 
 
 def _say(info: distributed.DistInfo, message: str, level: int = logging.INFO) -> None:
@@ -493,6 +508,7 @@ _HELP = {
     "flat_fraction": "share of the run at the flat lr before the cosine (default: 0.5)",
     "min_lr_ratio": "the cosine ends at this share of the lr (default: 0.05)",
     "stage2_epochs": "last epochs without mosaic and mixup (default: 20 of 300, scaled to --epochs)",
+    "augment": "reference (the recipe's two stages), flip (letterbox + flip) or none (letterbox only)",
     "mosaic": "cached mosaic in stage 1 (default: on)",
     "mixup": "cached mixup in stage 1 (default: on)",
     "ema": "keep an EMA of the weights and evaluate/export it (default: on)",
@@ -533,7 +549,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
             recipe.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=_HELP[f.name])
         else:
             kind = types.get(f.name, type(f.default))
-            choices = sorted(AMP_DTYPES) if f.name == "amp" else None
+            choices = {"amp": list(AMP_DTYPES), "augment": list(AUGMENTS)}.get(f.name)
             recipe.add_argument(flag, type=kind, default=None, choices=choices, help=_HELP[f.name])
     return parser
 

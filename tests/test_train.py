@@ -1,0 +1,275 @@
+"""The training loop (chapter 07): it learns, resumes exactly, runs under torchrun, skips bad steps, never
+leaves half a checkpoint, and its command line maps onto TrainConfig."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from rtmdet_lesson import criterion
+from rtmdet_lesson import train as train_module
+from rtmdet_lesson.checkpoint import load_checkpoint, load_checkpoint_model
+from rtmdet_lesson.data.sprites import generate_sprites
+from rtmdet_lesson.train import TrainConfig, add_train_arguments, config_from_args, scaled_lr, train
+
+
+@pytest.fixture(scope="module")
+def sprites(tmp_path_factory) -> Path:
+    """Eight training and two validation sprite images (about a third of a second to generate)."""
+    root = tmp_path_factory.mktemp("sprites")
+    generate_sprites(root, seed=0, n_train=8, n_val=2)
+    return root
+
+
+def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
+    """A run of a few seconds: 64x64 canvas, 2 iterations per epoch, no workers (deterministic on a CPU)."""
+    settings = dict(data=str(data), out=str(out), image_size=64, epochs=2, batch_size=4, workers=0, lr=0.002,
+                    warmup_iters=1, mosaic=False, mixup=False, stage2_epochs=1, eval_interval=100, progress=False)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def steps(out: Path) -> list[dict]:
+    return [r for r in read_log(out) if "event" not in r]
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (a) it learns
+
+
+def test_short_run_learns_eight_images(sprites, tmp_path):
+    """Letterboxed 128x128 canvases, no random augmentation: every loss falls and the boxes come out right."""
+    images, annotations = sprites / "train" / "images", sprites / "train" / "annotations.json"
+    config = TrainConfig(
+        data=None, train_images=str(images), train_annotations=str(annotations), val_images=str(images),
+        val_annotations=str(annotations), out=str(tmp_path / "run"), image_size=128, epochs=60, batch_size=8,
+        lr=0.01, warmup_iters=5, augment="none", stage2_epochs=0, eval_interval=1000, workers=0, progress=False,
+    )
+    summary = train(config)
+    rows = steps(tmp_path / "run")
+    assert len(rows) == 60 and summary["skipped_steps"] == 0
+    for key in ("loss_cls", "loss_bbox", "loss_mask"):
+        first = sum(r[key] for r in rows[:5]) / 5
+        last = sum(r[key] for r in rows[-5:]) / 5
+        assert last < 0.6 * first, (key, first, last)
+    assert rows[0]["num_pos"] > 0
+    assert summary["metrics"]["bbox_AP"] > 0.5, summary["metrics"]
+
+    # the exported checkpoint: fp16 EMA weights that load back with D's loader and give the same AP
+    exported = load_checkpoint(summary["final"])
+    assert all(v.dtype == torch.float16 for v in exported["model"].values() if v.is_floating_point())
+    assert "train_state" not in exported
+    model = load_checkpoint_model(summary["final"])
+    assert model.class_names == ["portrait", "character", "slime", "chest", "coin"]
+    ema = summary["model"].state_dict()
+    for key, value in model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, ema[key].half().float(), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (b) interrupt + resume == uninterrupted
+
+
+def test_resume_mid_epoch_gives_the_uninterrupted_weights(sprites, tmp_path):
+    """Stopped after 3 of 4 iterations (in the middle of epoch 1, after the stage switch), then resumed."""
+    full = train(tiny_config(sprites, tmp_path / "full", augment="reference"))
+    part = tiny_config(sprites, tmp_path / "part", augment="reference")
+    stopped = train(part, max_iters=3)
+    assert stopped["stopped"] and stopped["iterations"] == 3
+    state = load_checkpoint(tmp_path / "part" / "last.pth")["train_state"]
+    assert (state["epoch"], state["epoch_iter"], state["iteration"]) == (1, 1, 3)
+    resumed = train(part, resume=tmp_path / "part" / "last.pth")
+    assert resumed["iterations"] == full["iterations"] == 4
+
+    a = load_checkpoint(tmp_path / "full" / "last.pth")["train_state"]
+    b = load_checkpoint(tmp_path / "part" / "last.pth")["train_state"]
+    assert_same_state(a["model"], b["model"])
+    assert_same_state(a["ema"]["module"], b["ema"]["module"])
+    assert a["ema"]["steps"] == b["ema"]["steps"] == 4
+    assert a["scheduler"] == b["scheduler"]
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert_same_state(sa, sb)
+    # the log of the resumed run continues the interrupted one, step for step
+    assert [r["loss"] for r in steps(tmp_path / "part")] == [r["loss"] for r in steps(tmp_path / "full")]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (c) torchrun, 2 processes on gloo
+
+DDP_SCRIPT = """
+import hashlib, logging, os, sys
+from rtmdet_lesson.train import TrainConfig, train
+
+logging.basicConfig(level=logging.INFO)
+data, out = sys.argv[1], sys.argv[2]
+summary = train(TrainConfig(data=data, out=out, image_size=64, epochs=2, batch_size=2, workers=0, warmup_iters=1,
+                            mosaic=False, mixup=False, stage2_epochs=1, eval_interval=100, progress=False))
+digest = hashlib.sha256()
+for model in (summary["train_model"], summary["model"]):
+    for name, value in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().contiguous().numpy().tobytes())
+with open(os.path.join(out, f"rank{os.environ['RANK']}.sha256"), "w") as f:
+    f.write(digest.hexdigest())
+"""
+
+
+def test_torchrun_two_processes_end_identical(sprites, tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               str(sprites), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    hashes = [(out / f"rank{r}.sha256").read_text() for r in (0, 1)]
+    assert hashes[0] == hashes[1]
+    assert "no SyncBatchNorm on gloo" in result.stderr
+    rows = steps(out)  # rank 0 alone writes the log: 8 images / (2 ranks x 2) = 2 iterations per epoch
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
+    assert sorted(p.name for p in out.glob("*.pth")) == ["best.pth", "final.pth", "last.pth"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (d) a non-finite loss skips the step and says so
+
+
+def test_non_finite_loss_skips_the_step(sprites, tmp_path, monkeypatch, caplog):
+    real, calls = criterion.compute_losses, []
+
+    def nan_on_second_call(*args, **kwargs):
+        losses = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            losses["loss_bbox"] = losses["loss_bbox"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(criterion, "compute_losses", nan_on_second_call)
+    seen = []
+
+    def remember(record):
+        seen.append({k: v.detach().clone() for k, v in summary_model[0].named_parameters()})
+
+    summary_model = []
+    original_build = train_module.build_model
+
+    def build_and_keep(*args, **kwargs):
+        model = original_build(*args, **kwargs)
+        summary_model.append(model)
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", build_and_keep)
+    with caplog.at_level(logging.WARNING, logger="rtmdet_lesson.train"):
+        summary = train(tiny_config(sprites, tmp_path / "run", epochs=1, augment="none"), on_step=remember)
+    assert summary["skipped_steps"] == 1
+    assert any("not finite" in r.message and "skipped" in r.message for r in caplog.records)
+    events = [r for r in read_log(tmp_path / "run") if r.get("event") == "skipped_step"]
+    assert len(events) == 1 and events[0]["iteration"] == 1 and math.isnan(events[0]["loss_bbox"])
+    # the skipped step (the second) leaves the weights as the first step left them
+    assert_same_state(seen[0], seen[1])
+    assert load_checkpoint(tmp_path / "run" / "last.pth")["train_state"]["ema"]["steps"] == 1
+    assert all(torch.isfinite(v).all() for v in summary["train_model"].state_dict().values() if v.is_floating_point())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (e) checkpoints are atomic
+
+
+def test_failed_checkpoint_write_keeps_the_previous_file(sprites, tmp_path, monkeypatch):
+    config = tiny_config(sprites, tmp_path / "run", augment="none")
+    train(config, max_iters=1)
+    last = tmp_path / "run" / "last.pth"
+    before = last.read_bytes()
+
+    def torch_save_that_dies(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torch_save_that_dies)
+    with pytest.raises(OSError, match="disk full"):
+        train(config, resume=last, max_iters=2)
+    assert last.read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["last.pth", "log.jsonl"]
+    monkeypatch.undo()
+    assert load_checkpoint(last)["train_state"]["iteration"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# settings, errors and the command line
+
+
+def test_zero_positives_with_objects_stops_with_the_fix(sprites, tmp_path, monkeypatch):
+    real = criterion.compute_losses
+
+    def no_positives(*args, **kwargs):
+        return {**real(*args, **kwargs), "num_pos": 0}
+
+    monkeypatch.setattr(criterion, "compute_losses", no_positives)
+    monkeypatch.setattr(train_module, "ZERO_POSITIVE_PATIENCE", 2)
+    with pytest.raises(RuntimeError, match="no positive priors.*category-id"):
+        train(tiny_config(sprites, tmp_path / "run", augment="none"))
+
+
+def test_missing_dataset_says_how_to_make_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m rtmdet_lesson data sprites"):
+        train(tiny_config(tmp_path / "nothing", tmp_path / "run"))
+
+
+def test_bad_settings_are_rejected():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        TrainConfig(image_size=300).resolve()
+    with pytest.raises(ValueError, match="unknown preset"):
+        TrainConfig(preset="rtmdet-huge").resolve()
+    with pytest.raises(ValueError, match="amp"):
+        TrainConfig(amp="fp8").resolve()
+
+
+def test_resolved_defaults_follow_the_recipe():
+    course = TrainConfig().resolve()
+    assert (course.image_size, course.stage2_epochs, course.weight_decay) == (320, 20, 0.05)
+    assert course.lr == pytest.approx(0.001)  # batch 16: 0.004 * sqrt(16 / 256)
+    tiny = TrainConfig(preset="rtmdet-ins-tiny", batch_size=32).resolve(world_size=8)
+    assert (tiny.image_size, tiny.lr) == (640, pytest.approx(0.004))  # the reference's 8 x 32
+    assert TrainConfig(epochs=30).resolve().stage2_epochs == 2
+    assert scaled_lr(64) == pytest.approx(0.002)
+
+
+def test_command_line_overrides_every_setting():
+    parser = add_train_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["rtmdet-ins-tiny", "--images", "imgs", "--annotations", "a.json", "--epochs", "3",
+                              "--batch-size", "2", "--lr", "0.01", "--image-size", "256", "--no-mosaic", "--bf16",
+                              "--workers", "0", "--seed", "7", "--augment", "flip", "--no-export-half"])
+    config = config_from_args(args)
+    assert (config.preset, config.data, config.train_images, config.train_annotations) == (
+        "rtmdet-ins-tiny", None, "imgs", "a.json")
+    assert (config.epochs, config.batch_size, config.lr, config.image_size) == (3, 2, 0.01, 256)
+    assert (config.mosaic, config.mixup, config.amp, config.workers, config.seed) == (False, True, "bf16", 0, 7)
+    assert (config.augment, config.export_half, config.out) == ("flip", False, "runs/rtmdet-ins-tiny")
+    default = config_from_args(parser.parse_args([]))
+    assert default == TrainConfig(out="runs/course-sprites")
+    settable = {action.dest for action in parser._actions}
+    assert {f for f in TrainConfig.__dataclass_fields__ if f not in ("train_images", "train_annotations")} <= (
+        settable | {"out", "preset"})
+    with pytest.raises(ValueError, match="either --data"):
+        config_from_args(parser.parse_args(["--data", "d", "--images", "i", "--annotations", "a"]))
