@@ -5,11 +5,12 @@
 On a machine shared with other busy processes, pass --threads 1: torch's intra-op thread pool slows down
 badly when its threads have to wait for cores.
 
-Each memory figure is measured in a fresh child process: the peak resident set size (Linux VmHWM, reset
-before the call) minus the resident size just before it, with glibc told to return large blocks at once
-(MALLOC_MMAP_THRESHOLD_) so that freed memory is not counted twice or hidden. "plain cls tensor" is the size of
-ONE (candidates x objects x classes) float32 tensor, which the straightforward soft classification cost
-builds about five of (one-hot labels, repeated scores, soft labels, scale factor, BCE).
+Each memory figure is measured in a fresh child process, on the second call: the peak resident set size
+(Linux VmHWM, reset before the call) minus the resident size just before it, with glibc told to return
+large blocks at once (MALLOC_MMAP_THRESHOLD_) so that freed memory is neither hidden nor counted twice.
+"plain cls tensor" is the size of ONE (candidates x objects x classes) float32 tensor, which the
+straightforward soft classification cost builds about five of (one-hot labels, repeated scores, soft
+labels, scale factor, BCE).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def measure_peak(objects: list[int]) -> int:
     """Peak extra bytes of one assignment (run in a child process; Linux only)."""
     inputs = make_batch(objects)
     assigner = DynamicSoftLabelAssigner()
+    assigner(*inputs)  # warm-up: the first call also pages in code and allocates thread-pool state
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak resident size
     before = _status("VmRSS")

@@ -48,12 +48,14 @@ def box_iou(a: Tensor, b: Tensor, eps: float = IOU_EPS) -> Tensor:
     The union is clamped to ``eps`` (1e-6, the reference's BboxOverlaps2D). Chapter 05 uses it for the
     assignment costs; chapter 08's NMS uses it too.
     """
-    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])  # (..., N, M, 2)
-    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])  # (..., N, M, 2)
-    wh = (rb - lt).clamp(min=0)  # (..., N, M, 2)
-    overlap = wh[..., 0] * wh[..., 1]  # (..., N, M)
-    union = box_area(a)[..., :, None] + box_area(b)[..., None, :] - overlap  # (..., N, M)
-    return overlap / union.clamp(min=eps)
+    a, b = a[..., :, None, :], b[..., None, :, :]  # (..., N, 1, 4), (..., 1, M, 4)
+    # Width and height of the overlaps one at a time: no (..., N, M, 2) temporaries (the assigner's peak memory).
+    w = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp_(min=0)  # (..., N, M)
+    h = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp_(min=0)  # (..., N, M)
+    overlap = w.mul_(h)  # (..., N, M)
+    del h
+    union = (box_area(a) + box_area(b)).sub_(overlap).clamp_(min=eps)  # (..., N, M)
+    return overlap.div_(union)
 
 
 def _aligned_overlap_union(a: Tensor, b: Tensor, eps: float) -> tuple[Tensor, Tensor]:
