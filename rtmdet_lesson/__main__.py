@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("preset", help="e.g. rtmdet-ins-tiny, rtmdet-s, course-sprites")
     summary.add_argument("--num-classes", type=int, default=None, help="default: the preset's")
 
+    from rtmdet_lesson.train import add_train_arguments
+
+    add_train_arguments(sub.add_parser("train", help="train a preset on the sprites or any COCO-format dataset"))
+
     predict = sub.add_parser("predict", help="segment image files with a trained checkpoint")
     predict.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     predict.add_argument("--checkpoint", required=True, help="a checkpoint written by this package")
@@ -55,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         from rtmdet_lesson.summary import main as summary_main
 
         return summary_main(args) or 0
+    if args.command == "train":
+        from rtmdet_lesson.train import main as train_main
+
+        return train_main(args) or 0
     if args.command in ("predict", "evaluate"):
         from rtmdet_lesson import cli_inference
 
