@@ -92,6 +92,7 @@ class TrainConfig:
     ema_momentum: float = 0.0002
     ema_gamma: float = 2000.0
     eval_interval: int = 10  # epochs between evaluations (every epoch in stage 2, and always after the last)
+    save_interval: int = 1  # epochs between last.pth writes (always after the last; max_iters and best too)
     seed: int = 0
     workers: int = 2
     amp: str = "off"  # "off", "fp16" (CUDA, with a grad scaler) or "bf16" (CUDA, or CPUs with AMX/AVX-512)
@@ -106,8 +107,9 @@ class TrainConfig:
         image_size = self.image_size or (320 if self.preset.startswith("course") else 640)
         if image_size % 32:
             raise ValueError(f"image size {image_size} is not a multiple of 32; try 320 or 640")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs ({self.epochs}) and batch size ({self.batch_size}) must be at least 1")
+        if min(self.epochs, self.batch_size, self.eval_interval, self.save_interval) < 1:
+            raise ValueError(f"epochs, batch size, eval and save intervals must be at least 1, got {self.epochs}, "
+                             f"{self.batch_size}, {self.eval_interval}, {self.save_interval}")
         if self.augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
         if self.amp not in AMP_DTYPES:
@@ -345,6 +347,11 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        changed = {k: (v, getattr(config, k)) for k, v in state["config"].items()
+                   if k not in ("out", "progress", "workers", "device") and getattr(config, k) != v}
+        if changed:
+            _say(info, "resuming with settings that differ from the checkpoint's (was, now): " + ", ".join(
+                f"{k} {was!r} -> {now!r}" for k, (was, now) in changed.items()), logging.WARNING)
         epoch, epoch_iter, iteration = state["epoch"], state["epoch_iter"], state["iteration"]
         best, skipped = state["best"], state["skipped_steps"]
         if len(state["rng"]) == info.world_size:
@@ -436,7 +443,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
                         "skipped_steps": skipped, "model": eval_model, "train_model": model}
         epoch, epoch_iter = epoch + 1, 0
         distributed.broadcast_buffers([model] + ([ema.module] if ema is not None else []), info)
-        paths = [out / "last.pth"]
+        paths = [out / "last.pth"] if epoch % config.save_interval == 0 or epoch == config.epochs else []
         if val_ds is not None and (epoch % config.eval_interval == 0 or epoch > switch_epoch or epoch == config.epochs):
             metrics = _evaluate(eval_model, val_ds, info, config)  # rank 0; the others wait in save's gather
             jlog.write(event="eval", epoch=epoch, iteration=iteration, **metrics)
@@ -444,7 +451,8 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
             if score > best:  # only rank 0 has metrics; the others never save anyway
                 best = score
                 paths.append(out / "best.pth")
-        save(paths, metrics)
+        if paths:
+            save(paths, metrics)
     bar.close()
     elapsed = time.perf_counter() - start
     final = out / "final.pth"
@@ -515,6 +523,7 @@ _HELP = {
     "ema_momentum": "EMA momentum floor (default: 0.0002)",
     "ema_gamma": "EMA warm-up constant in iterations (default: 2000)",
     "eval_interval": "epochs between COCO evaluations on the val split (default: 10; every epoch in stage 2)",
+    "save_interval": "epochs between writes of last.pth (default: 1)",
     "seed": "random seed (default: 0)",
     "workers": "DataLoader worker processes per training process (default: 2)",
     "amp": "mixed precision: off, fp16 (CUDA) or bf16 (CUDA, or a CPU with AMX) (default: off)",
@@ -526,8 +535,8 @@ _HELP = {
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``train`` sub-command's arguments: the data, the output, and every ``TrainConfig`` setting."""
-    parser.add_argument("preset", nargs="?", default="course-sprites", choices=list(PRESETS),
-                        metavar="PRESET", help="model preset (default: course-sprites); e.g. rtmdet-ins-tiny")
+    parser.add_argument("preset", nargs="?", default=None, choices=list(PRESETS), metavar="PRESET",
+                        help="model preset (default: course-sprites, or the resumed run's); e.g. rtmdet-ins-tiny")
     data = parser.add_argument_group("data (default: --data data/sprites)")
     data.add_argument("--data", default=None, help="a folder with train/ and val/ as `data sprites` writes it")
     data.add_argument("--images", default=None, help="image folder of any COCO-format training set")
@@ -535,7 +544,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     data.add_argument("--val-images", default=None, help="validation image folder (optional, with --images)")
     data.add_argument("--val-annotations", default=None, help="validation COCO JSON (with --val-images)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/PRESET)")
-    parser.add_argument("--resume", default=None, metavar="CKPT", help="continue a run from its last.pth")
+    parser.add_argument("--resume", default=None, metavar="CKPT",
+                        help="continue a run from its last.pth, with its settings (any given here override them)")
     parser.add_argument("--max-iters", type=int, default=None,
                         help="stop after this many iterations in total (writes last.pth to resume from)")
     parser.add_argument("--bf16", action="store_true", help="shorthand for --amp bf16")
@@ -554,27 +564,40 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """A ``TrainConfig`` from parsed ``train`` arguments: the defaults, overridden by what was given."""
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """A ``TrainConfig`` from parsed ``train`` arguments: ``base`` (default: the defaults), overridden by what
+    was given on the command line."""
     if args.data and (args.images or args.annotations):
         raise ValueError("give either --data DIR or --images DIR --annotations FILE, not both")
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-             if f.name in _HELP and getattr(args, f.name, None) is not None}
+    settings = asdict(base) if base is not None else {}
+    settings.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                     if f.name in _HELP and getattr(args, f.name, None) is not None})
     if args.bf16:
-        given["amp"] = "bf16"
+        settings["amp"] = "bf16"
     if args.images or args.annotations:
-        given.update(data=None, train_images=args.images, train_annotations=args.annotations,
-                     val_images=args.val_images, val_annotations=args.val_annotations)
+        settings.update(data=None, train_images=args.images, train_annotations=args.annotations,
+                        val_images=args.val_images, val_annotations=args.val_annotations)
     elif args.data:
-        given["data"] = args.data
-    return TrainConfig(preset=args.preset, out=args.out or f"runs/{args.preset}", **given)
+        settings.update(data=args.data, train_images=None, train_annotations=None, val_images=None,
+                        val_annotations=None)
+    settings["preset"] = args.preset or settings.get("preset", "course-sprites")
+    settings["out"] = args.out or settings.get("out") or f"runs/{settings['preset']}"
+    return TrainConfig(**settings)
+
+
+def checkpoint_config(path: str | Path) -> TrainConfig:
+    """The settings a training checkpoint (``last.pth``, ``best.pth``) was written with."""
+    state = load_checkpoint(path).get("train_state")
+    if state is None:
+        raise ValueError(f"{path} holds no training state (an exported final.pth?); resume from last.pth")
+    return TrainConfig(**state["config"])
 
 
 def main(args: argparse.Namespace) -> int:
     """CLI entry: ``python -m rtmdet_lesson train [PRESET] [--data DIR | --images DIR --annotations FILE] ...``."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    config = config_from_args(args)
+    config = config_from_args(args, checkpoint_config(args.resume) if args.resume else None)
     if not log.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
