@@ -96,6 +96,11 @@ def all_true(flag: bool, info: DistInfo) -> bool:
     return bool(t.item() > 0)
 
 
+def any_true(flag: bool, info: DistInfo) -> bool:
+    """True if ``flag`` is true on some rank (e.g. one rank was asked to stop: all stop at the same step)."""
+    return not all_true(not flag, info)
+
+
 def mean_over_ranks(values: dict[str, float], info: DistInfo) -> dict[str, float]:
     """Average a dict of numbers over the ranks (every rank gets the result; rank 0 logs it)."""
     if not info.distributed or not values:

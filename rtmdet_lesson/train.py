@@ -12,9 +12,16 @@ or many processes under ``torchrun``:
         evaluate the EMA model (COCO AP on the val split), write last.pth (and best.pth)
 
 Checkpoints never lose work: they are written atomically and hold everything the next step depends on
-(weights, EMA, optimizer, schedule position, grad scaler, RNG states, data order), so ``--resume last.pth``
-continues exactly where the run stopped. ``model`` in every checkpoint holds the EMA weights, so any of them
-loads with ``checkpoint.load_checkpoint_model`` for prediction and evaluation.
+(weights, EMA, optimizer, schedule position, grad scaler, every rank's RNG states, data order), so
+``--resume last.pth`` continues exactly where the run stopped. ``model`` in every checkpoint holds the EMA
+weights, so any of them loads with ``checkpoint.load_checkpoint_model`` for prediction and evaluation.
+How exact: bit for bit with ``workers=0`` (a test checks it). With workers, resuming at an epoch boundary is
+exact too (each epoch's augmentation restarts from (seed, epoch, worker)); in the middle of an epoch the data
+order is kept but the rest of the epoch's augmentation draws differ, and mosaic/mixup caches restart empty.
+
+Several processes: ``torchrun --nproc_per_node=N -m rtmdet_lesson train ...`` wraps the model in
+DistributedDataParallel (NCCL on GPUs with SyncBatchNorm, gloo on CPUs without), shards the data with a
+DistributedSampler, averages the logged numbers over ranks, and lets rank 0 alone evaluate and write files.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -255,6 +264,8 @@ def train(config: TrainConfig, resume: str | Path | None = None, max_iters: int 
         resume: a ``last.pth`` (or any checkpoint this function wrote) to continue from, exactly where it stopped.
         max_iters: stop after this many iterations in total (counted from the start of the run, not of this
             call), writing ``last.pth`` first: an interrupted run that ``resume`` continues.
+            Ctrl-C (SIGINT, also Jupyter's "interrupt kernel") or SIGTERM does the same after the current step;
+            a second Ctrl-C stops at once (the last epoch's last.pth is then what is left).
         on_step: called as ``on_step(record)`` after every optimizer step with the logged record (a dict).
 
     Run it under ``torchrun --nproc_per_node=N`` for DistributedDataParallel; ``batch_size`` is per process.
@@ -263,7 +274,8 @@ def train(config: TrainConfig, resume: str | Path | None = None, max_iters: int 
     """
     info = distributed.setup(config.device)
     try:
-        summary = _train(config.resolve(info.world_size), info, resume, max_iters, on_step)
+        with _StopRequest() as stop:
+            summary = _train(config.resolve(info.world_size), info, resume, max_iters, on_step, stop)
     except BaseException:
         if info.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -272,7 +284,29 @@ def train(config: TrainConfig, resume: str | Path | None = None, max_iters: int 
     return summary
 
 
-def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, on_step) -> dict:
+class _StopRequest:
+    """Turns the first SIGINT/SIGTERM into a request to stop after the current step (checked by the loop)."""
+
+    def __init__(self):
+        self.requested, self.previous = False, {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stop requested: finishing this step and writing last.pth (interrupt again to stop at once)")
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, on_step, stop) -> dict:
     from rtmdet_lesson.data.collate import AugmentedDataset, collate, worker_init_fn
     from rtmdet_lesson.ema import ExpMomentumEMA
     from rtmdet_lesson.schedule import build_lr_scheduler, param_groups
@@ -435,7 +469,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
                             lr=f"{lr:.2e}", refresh=False)
             if on_step is not None:
                 on_step(record)
-            if max_iters is not None and iteration >= max_iters:
+            if distributed.any_true(stop.requested or (max_iters is not None and iteration >= max_iters), info):
                 save([out / "last.pth"], metrics)
                 bar.close()
                 _say(info, f"stopped after {iteration} iterations; continue with --resume {out / 'last.pth'}")

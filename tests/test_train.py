@@ -288,3 +288,17 @@ def test_cli_trains_then_resumes_with_the_saved_settings(sprites, tmp_path):
     assert [r["iteration"] for r in steps(out)] == [1, 2, 3, 4]
     assert load_checkpoint_model(out / "final.pth").preset == "course-sprites"
     assert load_checkpoint(out / "last.pth")["train_state"]["config"]["image_size"] == 64
+
+
+def test_ctrl_c_finishes_the_step_and_writes_last(sprites, tmp_path):
+    import signal
+
+    def interrupt(record):
+        if record["iteration"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    summary = train(tiny_config(sprites, tmp_path / "run", augment="none"), on_step=interrupt)
+    assert summary["stopped"] and summary["iterations"] == 2
+    state = load_checkpoint(tmp_path / "run" / "last.pth")["train_state"]
+    assert (state["epoch"], state["epoch_iter"], state["iteration"]) == (0, 2, 2)  # the epoch's end not yet counted
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
