@@ -116,7 +116,8 @@ def mask_decoding_stages(outputs, instances: Instances, k: int, image_index: int
 
 
 def plot_mask_decoding_stages(stages: dict[str, np.ndarray], image=None, title: str | None = None) -> Figure:
-    """A 4 x 8 grid of ``mask_decoding_stages``: prototypes; coordinates, logit, upsampled, mask; layers 0 and 1."""
+    """A 4 x 8 grid of ``mask_decoding_stages``: prototypes; coordinates, logit, upsampled, mask (and a zoom on
+    it); layers 0 and 1. ``image`` (the original) is drawn under the mask."""
     fig, axes = plt.subplots(4, 8, figsize=(14, 7.5))
     for ax in axes.flat:
         ax.set_axis_off()
@@ -138,10 +139,20 @@ def plot_mask_decoding_stages(stages: dict[str, np.ndarray], image=None, title: 
     axes[1, 3].set_title("sigmoid, x8 bilinear", fontsize=8)
     background = np.zeros((*stages["mask"].shape, 3), np.uint8) if image is None else \
         to_rgb_tensor(image).permute(1, 2, 0).cpu().numpy()
+    mask = stages["mask"]
     shown = background.astype(np.float32) / 255
-    shown[stages["mask"]] = 0.5 * shown[stages["mask"]] + 0.5 * np.array([1.0, 0.2, 0.2])
+    shown[mask] = 0.35 * shown[mask] + 0.65 * np.array([1.0, 0.15, 0.15])
+    shown[_outline(mask)] = [1.0, 1.0, 0.0]
     axes[1, 4].imshow(shown, interpolation="nearest")
     axes[1, 4].set_title("mask > 0.5, original", fontsize=8)
+    if mask.any():  # a zoom on the mask, with a margin of a quarter of its size
+        ys, xs = np.nonzero(mask)
+        my, mx = (ys.max() - ys.min()) // 4 + 4, (xs.max() - xs.min()) // 4 + 4
+        y0, x0 = max(ys.min() - my, 0), max(xs.min() - mx, 0)
+        zoom = axes[1, 5].get_gridspec()[1, 5:8]
+        axes[1, 5].set_subplotspec(zoom)
+        axes[1, 5].imshow(shown[y0 : ys.max() + my + 1, x0 : xs.max() + mx + 1], interpolation="nearest")
+        axes[1, 5].set_title("mask, zoomed", fontsize=8)
     if title is not None:
         fig.suptitle(title)
     fig.tight_layout()
