@@ -322,8 +322,9 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
 
     train_raw, val_ds = build_datasets(config)
     class_names = list(train_raw.class_names)
-    model = build_model(config.preset, num_classes=len(class_names), class_names=class_names).to(device)
-    model.input_size = config.image_size  # the canvas predict() and evaluate_coco() letterbox onto
+    # input_size: the canvas predict() and evaluate_coco() letterbox onto, kept by the checkpoints
+    model = build_model(config.preset, num_classes=len(class_names), class_names=class_names,
+                        input_size=config.image_size).to(device)
     if info.backend == "nccl":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         _say(info, "SyncBatchNorm: batch statistics are shared across the GPUs")
