@@ -28,12 +28,15 @@ def save_checkpoint(path: str | Path, model, class_names: list[str] | None = Non
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    settings = dict(model.settings)
+    if "input_size" in settings:  # training may set the canvas after building the model
+        settings["input_size"] = model.input_size
     checkpoint = {
         "format": FORMAT,
         "preset": model.preset,
         "num_classes": int(model.num_classes),
         "class_names": class_names,
-        "settings": dict(model.settings),
+        "settings": settings,
         "model": state,
         **extra,
     }

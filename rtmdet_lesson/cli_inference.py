@@ -22,7 +22,10 @@ from rtmdet_lesson.runtime import pick_device
 
 
 def _load(path, device):
-    checkpoint = load_checkpoint(path)
+    try:
+        checkpoint = load_checkpoint(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from error
     model = model_from_checkpoint(checkpoint, pick_device(device))
     label_to_category_id = checkpoint.get("label_to_category_id") or {k: k + 1 for k in range(model.num_classes)}
     return model, {int(k): int(v) for k, v in label_to_category_id.items()}
@@ -40,7 +43,10 @@ def predict_main(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for image_id, path in enumerate(tqdm(args.images, desc="predict"), start=1):
-        image = to_rgb_tensor(path)
+        try:
+            image = to_rgb_tensor(path)
+        except (FileNotFoundError, ValueError, OSError) as error:  # OSError: Pillow cannot read the file
+            raise SystemExit(f"error: {path}: {error}") from error
         (found,) = predict(model, image, config=args.config, score_thr=args.score_thr)
         fig = draw_instances(image, found, model.class_names, title=f"{Path(path).name}: {len(found)} instances")
         fig.savefig(out / f"{Path(path).stem}.png", dpi=100, bbox_inches="tight")
@@ -52,11 +58,13 @@ def predict_main(args) -> int:
 
 
 def _dataset(args) -> CocoInstanceDataset:
-    if args.data is not None:
-        return sprites_split(args.data, "val")
-    if args.annotations is None:
-        raise SystemExit("evaluate: --images needs --annotations FILE (the COCO instances JSON)")
-    return CocoInstanceDataset(args.images, args.annotations)
+    if args.data is None and args.annotations is None:
+        raise SystemExit("error: evaluate --images needs --annotations FILE (the COCO instances JSON)")
+    try:
+        return sprites_split(args.data, "val") if args.data is not None else CocoInstanceDataset(args.images,
+                                                                                                 args.annotations)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from error
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

@@ -78,7 +78,7 @@ def predict_dataset(
     results = []
     indices = list(range(len(dataset))) if indices is None else list(indices)
     batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
-    for batch in tqdm(batches, desc="predict", disable=not progress):
+    for batch in tqdm(batches, desc="predict") if progress else batches:  # tqdm honours TQDM_DISABLE
         items = [dataset[i] for i in batch]
         instances = predict(model, [image for image, _ in items], config=config, canvas_size=canvas_size,
                             device=device, batch_size=batch_size)

@@ -40,8 +40,10 @@ def test_round_trip_gives_the_same_outputs(model, x, tmp_path):
 def test_overrides_come_back(x, tmp_path):
     torch.manual_seed(1)
     fixed = build_model("course-sprites", num_classes=2, separate_reg_tower=True).eval()
+    fixed.input_size = 256  # as training sets it
     loaded = load_checkpoint_model(save_checkpoint(tmp_path / "f.pth", fixed, ["a", "b"]))
     assert loaded.num_classes == 2 and loaded.head.reg_tower is not None and loaded.class_names == ["a", "b"]
+    assert loaded.input_size == 256
     with torch.no_grad():
         assert torch.equal(fixed(x).bbox_preds[0], loaded(x).bbox_preds[0])
 
@@ -130,3 +132,15 @@ def test_cli_evaluate_json_is_the_last_line(saved, capsys, source):
     metrics = json.loads(lines[-1])
     assert 0 <= metrics["bbox_AP"] <= 1 and 0 <= metrics["segm_AP"] <= 1
     assert any(line.startswith("AP50") for line in lines)  # the readable table came first
+
+
+def test_cli_errors_are_one_line_messages(saved, tmp_path):
+    root, ckpt = saved
+    with pytest.raises(SystemExit, match="does not exist"):
+        cli(["evaluate", "--checkpoint", str(tmp_path / "nope.pth"), "--data", str(root / "sprites")])
+    with pytest.raises(SystemExit, match="no 'val' split"):
+        cli(["evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--annotations"):
+        cli(["evaluate", "--checkpoint", str(ckpt), "--images", str(tmp_path)])
+    with pytest.raises(SystemExit, match="does not exist"):
+        cli(["predict", str(tmp_path / "missing.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o")])
