@@ -18,14 +18,12 @@ from rtmdet_lesson.preprocess import letterbox_image, normalize
 
 __all__ = ["Instances", "InferenceConfig", "default_canvas_size", "predict", "to_rgb_tensor"]
 
-DEFAULT_CANVAS = 640  # the official presets' test size
-COURSE_CANVAS = 320  # the course presets' training and test size
+DEFAULT_CANVAS = 640  # the official presets' test size, for models that do not say theirs
 
 
 def default_canvas_size(model) -> tuple[int, int]:
-    """The canvas ``predict`` letterboxes onto: ``model.input_size`` if set, else 320 for course presets, else 640."""
-    course = str(getattr(model, "preset", "")).startswith("course")
-    size = getattr(model, "input_size", None) or (COURSE_CANVAS if course else DEFAULT_CANVAS)
+    """The canvas ``predict`` letterboxes onto: ``model.input_size`` (every preset sets it), else 640."""
+    size = getattr(model, "input_size", None) or DEFAULT_CANVAS
     return (size, size) if isinstance(size, int) else tuple(size)
 
 

@@ -85,7 +85,7 @@ class TrainConfig:
     val_annotations: str | None = None
     out: str = "runs/train"
     # the recipe
-    image_size: int | None = None  # square canvas; None: 320 for course presets, 640 (the reference) otherwise
+    image_size: int | None = None  # square canvas; None: the preset's input_size (320 course, 640 official)
     epochs: int = 300
     batch_size: int = 16  # per process; the reference runs 32 on each of 8 GPUs
     lr: float | None = None  # None: scaled_lr(batch_size * world_size)
@@ -113,7 +113,7 @@ class TrainConfig:
         """A copy with every derived setting filled in and checked."""
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        image_size = self.image_size or (320 if self.preset.startswith("course") else 640)
+        image_size = self.image_size or PRESETS[self.preset]["input_size"]
         if image_size % 32:
             raise ValueError(f"image size {image_size} is not a multiple of 32; try 320 or 640")
         if min(self.epochs, self.batch_size, self.eval_interval, self.save_interval) < 1:
@@ -414,8 +414,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
             "skipped_steps": skipped, "rng": rngs, "config": asdict(config),
         }
         for path in paths:
-            save_checkpoint(path, eval_model, class_names, metrics=metrics, image_size=config.image_size,
-                            train_state=train_state)
+            save_checkpoint(path, eval_model, class_names, metrics=metrics, train_state=train_state)
 
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     metrics: dict = {}
@@ -492,8 +491,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
     elapsed = time.perf_counter() - start
     final = out / "final.pth"
     if info.is_main:
-        save_checkpoint(final, eval_model, class_names, half=config.export_half, metrics=metrics,
-                        image_size=config.image_size)
+        save_checkpoint(final, eval_model, class_names, half=config.export_half, metrics=metrics)
         _say(info, f"done: {iteration} iterations in {elapsed:.0f} s; EMA weights in {final}"
                    + "".join(f", {k} {metrics[k]:.3f}" for k in ("bbox_AP", "segm_AP") if k in metrics))
     return {"out": out, "iterations": iteration, "stopped": False, "metrics": metrics, "skipped_steps": skipped,

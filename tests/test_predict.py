@@ -64,15 +64,16 @@ def test_training_mode_is_restored_and_model_predict_delegates(model, image):
     torch.testing.assert_close(via_method[0].boxes, direct[0].boxes)
 
 
-def test_default_canvas():
-    class Bare:
-        preset = "rtmdet-ins-tiny"
+def test_default_canvas_is_the_models_input_size():
+    with torch.device("meta"):  # shapes only: building is instant
+        assert default_canvas_size(build_model("course-sprites")) == (320, 320)
+        assert default_canvas_size(build_model("rtmdet-ins-tiny")) == (640, 640)
+        assert default_canvas_size(build_model("course-sprites", input_size=416)) == (416, 416)
+
+    class Bare:  # any object without an input_size gets the official test size
+        pass
 
     assert default_canvas_size(Bare()) == (640, 640)
-    Bare.preset = "course-sprites"
-    assert default_canvas_size(Bare()) == (320, 320)
-    Bare.input_size = 416
-    assert default_canvas_size(Bare()) == (416, 416)
 
 
 def test_to_coco(model, image):
