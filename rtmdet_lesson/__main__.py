@@ -1,6 +1,7 @@
 """The command line: ``python -m rtmdet_lesson`` (or ``rtmdet-lesson``) with one sub-command per job.
 
-Each sub-command's work lives in the module that owns it; this file only parses arguments.
+Each sub-command's work lives in the module that owns it (and the chapter that teaches it: ``data`` 00,
+``summary`` 03, ``train`` 07, ``predict``/``evaluate`` 08); this file only parses arguments.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
     python -m rtmdet_lesson predict IMAGE... --checkpoint CKPT [--out DIR] [--score-thr X] [--config eval|deploy]
     python -m rtmdet_lesson evaluate --checkpoint CKPT (--data DIR | --images DIR --annotations FILE) [--json]
+
+Chapter 08 builds what they call (``predict``, ``evaluate_coco``, ``draw_instances``); these are thin wrappers
+for people who never open a notebook.
 """
 
 from __future__ import annotations
