@@ -10,6 +10,8 @@ parameters and the ``MaskFeatModule`` making 8 prototype maps at stride 8. Faith
 **no box tower of its own**: box regression runs the cls tower a second time (mmdetection issue #9835).
 Because it is a second pass, in training the cls tower's BN running statistics get two momentum updates per
 step (effective momentum 1 - 0.9**2 = 0.19). ``separate_reg_tower=True`` builds the "fixed" head instead.
+In eval the second pass gives the same features as the first; ``single_cls_pass = True`` (set by the fast
+path, chapter 09) reuses them instead of computing them again.
 """
 
 from __future__ import annotations
@@ -111,18 +113,23 @@ class RTMDetSepBNHead(nn.Module):
         self.reg_tower = SharedConvTower(in_channels, feat, stacked_convs, levels) if separate_reg_tower else None
         self.rtm_cls = nn.ModuleList([nn.Conv2d(feat, num_classes, 1) for _ in range(levels)])
         self.rtm_reg = nn.ModuleList([nn.Conv2d(feat, 4, 1) for _ in range(levels)])
+        # no reg tower: reuse the cls features for boxes instead of a second pass (the fast path sets this)
+        self.single_cls_pass = False
         _init_head_weights(self, reg_bias=0.0)
 
-    def reg_features(self, x: torch.Tensor, level: int) -> torch.Tensor:
-        """Box-branch features: the reg tower, or a second pass of the cls tower when there is none."""
-        tower = self.reg_tower if self.reg_tower is not None else self.cls_tower
-        return tower(x, level)
+    def reg_features(self, x: torch.Tensor, level: int, cls_feats: torch.Tensor | None = None) -> torch.Tensor:
+        """Box-branch features: the reg tower, else a second pass of the cls tower (or, with ``single_cls_pass``,
+        the first pass's ``cls_feats`` reused)."""
+        if self.reg_tower is not None:
+            return self.reg_tower(x, level)
+        return cls_feats if self.single_cls_pass and cls_feats is not None else self.cls_tower(x, level)
 
     def forward(self, feats: list[torch.Tensor]) -> HeadOutput:
         cls_scores, bbox_preds = [], []
         for level, (x, stride) in enumerate(zip(feats, self.strides, strict=True)):
-            cls_scores.append(self.rtm_cls[level](self.cls_tower(x, level)))  # (B, C, H_l, W_l)
-            reg = self.rtm_reg[level](self.reg_features(x, level))  # (B, 4, H_l, W_l)
+            cls_feats = self.cls_tower(x, level)  # (B, feat, H_l, W_l)
+            cls_scores.append(self.rtm_cls[level](cls_feats))  # (B, C, H_l, W_l)
+            reg = self.rtm_reg[level](self.reg_features(x, level, cls_feats))  # (B, 4, H_l, W_l)
             bbox_preds.append((reg.exp() if self.exp_on_reg else reg) * stride)
         return HeadOutput(cls_scores, bbox_preds)
 
@@ -178,8 +185,9 @@ class RTMDetInsSepBNHead(RTMDetSepBNHead):
         mask_feats = self.mask_head(feats)  # (B, 8, H/8, W/8)
         cls_scores, bbox_preds, kernel_preds = [], [], []
         for level, (x, stride) in enumerate(zip(feats, self.strides, strict=True)):
-            cls_scores.append(self.rtm_cls[level](self.cls_tower(x, level)))  # (B, C, H_l, W_l)
+            cls_feats = self.cls_tower(x, level)  # (B, feat, H_l, W_l)
+            cls_scores.append(self.rtm_cls[level](cls_feats))  # (B, C, H_l, W_l)
             kernel_preds.append(self.rtm_kernel[level](self.kernel_convs[level](x)))  # (B, 169, H_l, W_l)
-            reg = self.rtm_reg[level](self.reg_features(x, level))  # (B, 4, H_l, W_l)
+            reg = self.rtm_reg[level](self.reg_features(x, level, cls_feats))  # (B, 4, H_l, W_l)
             bbox_preds.append(F.relu(reg) * stride)
         return HeadOutput(cls_scores, bbox_preds, kernel_preds, mask_feats)

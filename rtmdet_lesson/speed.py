@@ -1,0 +1,231 @@
+"""The inference fast path and the training speed-ups, each a named switch (chapter 09).
+
+Inference: ``optimize_for_inference(model, speed)`` returns an eval-only copy that gives the same answers
+faster. ``speed`` is one switch; each level adds pieces to the one before:
+
+==========  ==================================================================================================
+``plain``   the model as built (the reference's computation, op for op)
+``exact``   BatchNorm folded into the conv before it; the Ins head's cls tower run once where the reference
+            runs it twice (its box branch re-runs the same tower); channels-last memory on CPU and CUDA.
+            Raw outputs equal ``plain`` to float rounding (tested to 1e-4 relative). **The default.**
+``fast``    ``exact`` + bf16 autocast on CPUs with bf16 units (AMX / AVX-512 BF16) and on CUDA (fp16 on
+            CUDA without bf16). Boxes and masks move by rounding; COCO AP stays within 0.01 (tested).
+``compile`` ``fast`` + ``torch.compile`` (a one-off compile of a minute or more; needs a C++ compiler on CPU)
+==========  ==================================================================================================
+
+Training: ``prepare_for_training(model, channels_last, amp_dtype)`` sets channels-last memory after the
+stem (the stem's narrow 3/8/16-channel convs train faster in NCHW) and, under CPU bf16 autocast, keeps the
+depthwise 5x5 convs in fp32, whose bf16 backward is slower than fp32's on oneDNN. Weights and state_dict keys
+are unchanged; ``benchmarks/bench_speed.py`` measures each piece.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rtmdet_lesson.blocks import ConvBNAct
+from rtmdet_lesson.head import HeadOutput, SharedConvTower
+from rtmdet_lesson.model import check_input
+
+__all__ = [
+    "SPEEDS",
+    "SpeedOptions",
+    "InferenceModel",
+    "fold_conv_bn",
+    "fold_batchnorm",
+    "low_precision_dtype",
+    "optimize_for_inference",
+    "prepare_for_training",
+]
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Which inference speed-ups to apply; ``SPEEDS`` names the useful combinations. Chapter 09."""
+
+    fold_bn: bool = False  # conv + BN -> one conv with bias (eval statistics baked in)
+    single_cls_pass: bool = False  # Ins head: reuse the cls tower's features for boxes instead of a second pass
+    channels_last: bool = False  # NHWC memory: oneDNN and cuDNN run convs faster on it
+    low_precision: bool = False  # bf16 (or fp16 on CUDA without bf16) autocast; outputs come back as fp32
+    compile: bool = False  # torch.compile the network
+
+
+SPEEDS = {
+    "plain": SpeedOptions(),
+    "exact": SpeedOptions(fold_bn=True, single_cls_pass=True, channels_last=True),
+    "fast": SpeedOptions(fold_bn=True, single_cls_pass=True, channels_last=True, low_precision=True),
+    "compile": SpeedOptions(fold_bn=True, single_cls_pass=True, channels_last=True, low_precision=True,
+                            compile=True),
+}
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """One conv computing ``bn(conv(x))`` with BN's running statistics: ``w' = w * s``, ``b' = (b - mean) * s + beta``
+    with ``s = gamma / sqrt(var + eps)`` per output channel. Chapter 09 derives it."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale[:, None, None, None])  # (C_out, C_in/groups, k, k)
+        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+class FoldedConvTower(nn.Module):
+    """A ``SharedConvTower`` with BN folded in: the shared conv meets a different BN on each level, so folding
+    gives each level its own conv. ``(B, C_in, H_l, W_l) -> (B, C_feat, H_l, W_l)``, as the tower."""
+
+    def __init__(self, tower: SharedConvTower):
+        super().__init__()
+        self.levels = nn.ModuleList(
+            [nn.ModuleList([fold_conv_bn(conv, norm) for conv, norm in zip(tower.convs, norms, strict=True)])
+             for norms in tower.norms]
+        )
+
+    def forward(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        for conv in self.levels[level]:
+            x = F.silu(conv(x), inplace=True)
+        return x
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every BN of an eval-mode model into its conv, in place; returns the model. Chapter 09."""
+    if model.training:
+        raise ValueError("fold_batchnorm needs an eval-mode model (folding bakes in the running statistics); "
+                         "call model.eval() first, or use optimize_for_inference, which works on a copy")
+    for module in list(model.modules()):
+        if isinstance(module, ConvBNAct) and isinstance(module.bn, nn.BatchNorm2d):
+            module.conv, module.bn = fold_conv_bn(module.conv, module.bn), nn.Identity()
+        for name, child in module.named_children():
+            if isinstance(child, SharedConvTower):
+                setattr(module, name, FoldedConvTower(child))
+    return model
+
+
+def low_precision_dtype(device: torch.device) -> torch.dtype | None:
+    """The reduced precision that is fast on ``device``, or None where fp32 is the fastest (then ``fast`` = ``exact``).
+
+    CPUs: bf16 with AMX or AVX-512 BF16 units (without them bf16 is emulated and slower than fp32).
+    CUDA: bf16 where supported (Ampere and newer), else fp16. MPS and others: None.
+    """
+    if device.type == "cpu":
+        has_units = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+        return torch.bfloat16 if has_units else None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+class InferenceModel(nn.Module):
+    """An eval-only network behind the fast path: takes and returns what ``RTMDet`` does. Chapter 09.
+
+    ``forward(x (B, 3, H, W) fp32) -> HeadOutput`` with fp32 contiguous outputs, whatever runs inside, so
+    ``postprocess``, ``predict`` and ``evaluate_coco`` take it in place of the model.
+    """
+
+    def __init__(self, network: nn.Module, options: SpeedOptions, amp_dtype: torch.dtype | None):
+        super().__init__()
+        self.network, self.options, self.amp_dtype = network, options, amp_dtype
+        self.run = torch.compile(network) if options.compile else network
+        for name in ("num_classes", "with_mask", "preset", "input_size", "class_names", "strides", "settings"):
+            setattr(self, name, getattr(network, name, None))
+        super().train(False)
+
+    def train(self, mode: bool = True) -> InferenceModel:
+        if mode:
+            raise RuntimeError("an InferenceModel is for inference only (BN is folded); train the original model")
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> HeadOutput:
+        check_input(x)
+        if self.options.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            out = self.run(x)
+
+        def fp32(tensors):
+            return None if tensors is None else [t.float().contiguous() for t in tensors]
+
+        masks = None if out.mask_feats is None else out.mask_feats.float().contiguous()
+        return HeadOutput(fp32(out.cls_scores), fp32(out.bbox_preds), fp32(out.kernel_preds), masks)
+
+    def predict(self, images, **kwargs):
+        """Instances on raw images (chapter 08's ``predict``, on this faster network)."""
+        from rtmdet_lesson.predict import predict
+
+        return predict(self, images, **kwargs)
+
+
+def optimize_for_inference(model: nn.Module, speed: str | SpeedOptions = "exact",
+                           device: torch.device | str | None = None) -> InferenceModel:
+    """An eval-only copy of ``model`` sped up by ``speed`` (see the module doc); the model is not changed.
+
+    ``speed`` is ``"plain"``, ``"exact"`` (default: same answers), ``"fast"`` (reduced precision),
+    ``"compile"`` or a ``SpeedOptions``. ``device`` defaults to the model's. Chapter 09 measures each piece.
+    """
+    if isinstance(speed, str):
+        if speed not in SPEEDS:
+            raise ValueError(f"unknown speed {speed!r}; use one of {', '.join(SPEEDS)} or a SpeedOptions")
+        speed = SPEEDS[speed]
+    if not isinstance(speed, SpeedOptions):
+        raise ValueError(f"speed must be a name from SPEEDS or a SpeedOptions, got {type(speed).__name__}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    network = copy.deepcopy(model).to(device).eval()
+    if speed.fold_bn:
+        fold_batchnorm(network)
+    head = getattr(network, "head", None)
+    if speed.single_cls_pass and head is not None and hasattr(head, "single_cls_pass"):
+        head.single_cls_pass = True
+    if speed.channels_last and device.type in ("cpu", "cuda"):
+        network = network.to(memory_format=torch.channels_last)
+    else:
+        speed = replace(speed, channels_last=False)
+    amp_dtype = low_precision_dtype(device) if speed.low_precision else None
+    if speed.low_precision and amp_dtype is None:
+        warnings.warn(f"no fast reduced precision on this {device.type} device (bf16 needs AMX/AVX-512 BF16 on a "
+                      "CPU): running the fast path in fp32", stacklevel=2)
+    for p in network.parameters():
+        p.requires_grad_(False)
+    return InferenceModel(network, speed, amp_dtype)
+
+
+class DepthwiseConvFp32(nn.Conv2d):
+    """A depthwise conv that leaves autocast and runs in fp32 (same parameters, same state_dict keys).
+
+    On oneDNN CPUs the bf16 backward of a depthwise 5x5 conv is several times slower than the fp32 one, and
+    the forward is cheap either way, so fp32 wins in training. Chapter 09 measures it.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.contiguous(memory_format=torch.channels_last) for a in args)
+
+
+def prepare_for_training(model: nn.Module, channels_last: bool, amp_dtype: torch.dtype | None) -> nn.Module:
+    """Training speed-ups that keep the computation, in place (before the optimizer is built). Chapter 09.
+
+    ``channels_last``: channels-last memory from the backbone's first stage on; the stem and the input stay
+    NCHW (their backward is faster so). Under CPU bf16 autocast: depthwise convs in fp32. Returns the model.
+    """
+    device = next(model.parameters()).device
+    if channels_last and device.type in ("cpu", "cuda"):
+        model.to(memory_format=torch.channels_last)
+        model.backbone.stem.to(memory_format=torch.contiguous_format)
+        model.backbone.stage1.register_forward_pre_hook(_to_channels_last)
+    if device.type == "cpu" and amp_dtype == torch.bfloat16:
+        for module in model.modules():
+            conv = getattr(module, "conv", None)
+            if isinstance(module, ConvBNAct) and conv.groups > 1 and type(conv) is nn.Conv2d:
+                conv.__class__ = DepthwiseConvFp32  # same object, parameters and keys; only forward changes
+    return model

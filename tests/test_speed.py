@@ -1,0 +1,178 @@
+"""The inference fast path gives the plain model's answers; the training speed-ups keep the computation (chapter 09)."""
+
+import pytest
+import torch
+from torch import nn
+
+from rtmdet_lesson import build_model
+from rtmdet_lesson.blocks import ConvBNAct
+from rtmdet_lesson.criterion import compute_losses
+from rtmdet_lesson.speed import (
+    SPEEDS,
+    DepthwiseConvFp32,
+    InferenceModel,
+    SpeedOptions,
+    fold_batchnorm,
+    fold_conv_bn,
+    optimize_for_inference,
+    prepare_for_training,
+)
+
+
+def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BN non-trivial statistics and affine parameters, so folding has something to get wrong."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
+    return model.eval()
+
+
+def flat_outputs(out) -> list[torch.Tensor]:
+    extra = (out.kernel_preds or []) + ([out.mask_feats] if out.mask_feats is not None else [])
+    return out.cls_scores + out.bbox_preds + extra
+
+
+def max_relative_error(a, b) -> float:
+    pairs = zip(flat_outputs(a), flat_outputs(b), strict=True)
+    return max(float((x - y).abs().max() / y.abs().max()) for x, y in pairs)
+
+
+def test_fold_conv_bn_matches_hand_formula():
+    conv = nn.Conv2d(1, 1, 1, bias=False)
+    bn = nn.BatchNorm2d(1, eps=0.0).eval()
+    conv.weight.data.fill_(2.0)
+    bn.running_mean.fill_(1.0)
+    bn.running_var.fill_(4.0)
+    bn.weight.data.fill_(3.0)
+    bn.bias.data.fill_(0.5)
+    fused = fold_conv_bn(conv, bn)
+    # bn(conv(x)) = 3 * (2x - 1) / 2 + 0.5 = 3x - 1
+    assert fused.weight.item() == pytest.approx(3.0)
+    assert fused.bias.item() == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize("groups, bias, stride", [(1, False, 1), (8, False, 2), (1, True, 1)])
+def test_fold_conv_bn_equals_conv_then_bn(groups, bias, stride):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16 if groups == 1 else 8, 3, stride, 1, groups=groups, bias=bias)
+    bn = randomise_batchnorm(nn.BatchNorm2d(conv.out_channels))
+    x = torch.randn(2, 8, 13, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(fold_conv_bn(conv, bn)(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_fold_batchnorm_needs_eval_mode():
+    with pytest.raises(ValueError, match="eval"):
+        fold_batchnorm(build_model("course-sprites").train())
+
+
+def test_fold_batchnorm_leaves_no_batchnorm():
+    model = fold_batchnorm(build_model("course-sprites").eval())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("preset", ["course-sprites", "course-sprites-det"])
+@pytest.mark.parametrize("speed", ["exact", SpeedOptions(fold_bn=True), SpeedOptions(single_cls_pass=True),
+                                   SpeedOptions(channels_last=True)], ids=["exact", "fold", "single", "cl"])
+def test_exact_speedups_equal_the_plain_eval_outputs(preset, speed):
+    """Fast path's raw outputs == plain eval within 1e-4 relative, in fp32, one image and a non-square batch."""
+    torch.manual_seed(0)
+    model = randomise_batchnorm(build_model(preset))
+    fast = optimize_for_inference(model, speed)
+    with torch.inference_mode():
+        for x in (torch.randn(1, 3, 128, 128), torch.randn(2, 3, 96, 160)):
+            assert max_relative_error(fast(x), model(x)) < 1e-4
+
+
+def test_single_cls_pass_is_bit_identical_in_eval():
+    model = randomise_batchnorm(build_model("course-sprites"))
+    once = optimize_for_inference(model, SpeedOptions(single_cls_pass=True))
+    assert once.network.head.single_cls_pass and not model.head.single_cls_pass
+    x = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        for a, b in zip(flat_outputs(once(x)), flat_outputs(model(x)), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_optimize_for_inference_leaves_the_model_alone():
+    model = build_model("course-sprites").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = optimize_for_inference(model, "fast")
+    assert model.training and isinstance(model.backbone.stem[0].bn, nn.BatchNorm2d)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert isinstance(fast, InferenceModel) and not fast.training
+    assert fast.input_size == model.input_size and fast.num_classes == model.num_classes
+
+
+def test_outputs_come_back_fp32_and_contiguous():
+    fast = optimize_for_inference(build_model("course-sprites").eval(), "fast")
+    with torch.inference_mode():
+        out = fast(torch.randn(1, 3, 64, 64))
+    assert all(t.dtype == torch.float32 and t.is_contiguous() for t in flat_outputs(out))
+
+
+def test_inference_model_refuses_training():
+    fast = optimize_for_inference(build_model("course-sprites").eval())
+    with pytest.raises(RuntimeError, match="inference only"):
+        fast.train()
+
+
+def test_unknown_speed_names_the_choices():
+    with pytest.raises(ValueError, match="plain, exact, fast, compile"):
+        optimize_for_inference(build_model("course-sprites"), "turbo")
+    assert list(SPEEDS) == ["plain", "exact", "fast", "compile"]
+
+
+def test_inference_model_rejects_bad_input_like_the_model():
+    fast = optimize_for_inference(build_model("course-sprites").eval())
+    with pytest.raises(ValueError, match="multiple of 32"):
+        fast(torch.randn(1, 3, 100, 100))
+
+
+def test_predict_through_the_fast_path_finds_the_same_instances():
+    torch.manual_seed(0)
+    model = randomise_batchnorm(build_model("course-sprites"))
+    image = torch.randint(0, 256, (3, 200, 300), dtype=torch.uint8)
+    plain = model.predict(image, score_thr=0.01)[0]
+    fast = optimize_for_inference(model, "exact").predict(image, score_thr=0.01)[0]
+    assert len(plain) == len(fast) > 0
+    torch.testing.assert_close(fast.boxes, plain.boxes, rtol=1e-4, atol=1e-3)
+    assert torch.equal(fast.labels, plain.labels)
+    assert (fast.masks != plain.masks).float().mean() < 1e-4  # only pixels with a logit at the threshold may flip
+
+
+def test_prepare_for_training_keeps_keys_and_the_fp32_computation():
+    torch.manual_seed(0)
+    plain = build_model("course-sprites", num_classes=5).train()
+    prepared = build_model("course-sprites", num_classes=5).train()
+    prepared.load_state_dict(plain.state_dict())
+    prepare_for_training(prepared, channels_last=True, amp_dtype=None)
+    assert list(prepared.state_dict()) == list(plain.state_dict())
+    assert prepared.neck.out_convs[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert prepared.backbone.stem[0].conv.weight.is_contiguous()  # the stem stays NCHW
+    x = torch.randn(2, 3, 64, 64)
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 40.0, 30.0]]), "labels": torch.tensor([1]),
+                "masks": torch.zeros(1, 64, 64, dtype=torch.bool).index_fill_(1, torch.arange(4, 30), True)}] * 2
+    losses = [compute_losses(m(x), targets, (64, 64)) for m in (plain, prepared)]
+    for name in ("loss_cls", "loss_bbox", "loss_mask"):
+        torch.testing.assert_close(losses[1][name], losses[0][name], rtol=1e-4, atol=1e-6)
+    for loss in losses:
+        (loss["loss_cls"] + loss["loss_bbox"] + loss["loss_mask"]).backward()
+    for (name, a), b in zip(plain.named_parameters(), prepared.parameters(), strict=True):
+        assert float((b.grad - a.grad).norm() / a.grad.norm().clamp(min=1e-12)) < 1e-3, name
+
+
+def test_prepare_for_training_keeps_depthwise_convs_fp32_under_cpu_bf16():
+    model = prepare_for_training(build_model("course-sprites").train(), channels_last=False, amp_dtype=torch.bfloat16)
+    convs = [m.conv for m in model.modules() if isinstance(m, ConvBNAct)]
+    assert any(isinstance(c, DepthwiseConvFp32) for c in convs)
+    assert all(isinstance(c, DepthwiseConvFp32) == (c.groups > 1) for c in convs)
+    x = torch.randn(2, 16, 8, 8)
+    conv = next(c for c in convs if isinstance(c, DepthwiseConvFp32) and c.in_channels == 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(x).dtype == torch.float32
