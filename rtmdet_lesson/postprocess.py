@@ -9,12 +9,15 @@ Per image, in the reference's order (rtmdet-ins-facts section 9):
 4. only for the survivors: the dynamic mask head (stride-8 logits), bilinear x8 to the canvas, crop the
    letterbox's content region, bilinear resize to the original (H0, W0), sigmoid > ``mask_thr`` (computed
    as logit > log(t / (1 - t)), the same test without a sigmoid over millions of pixels).
+
+``mask_logits_to_original`` does step 4's resizing over the whole canvas, as chapter 08 derives it;
+``postprocess`` gets the same masks from ``mask_resize.masks_to_original``, which only computes each
+instance's window where the mask can be on (chapter 09).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -24,6 +27,7 @@ from pycocotools import mask as mask_utils
 
 from rtmdet_lesson.boxes import distance_to_box
 from rtmdet_lesson.dynamic_mask import dynamic_mask_logits
+from rtmdet_lesson.mask_resize import masks_to_original
 from rtmdet_lesson.nms import batched_nms
 from rtmdet_lesson.preprocess import Letterbox
 from rtmdet_lesson.priors import grid_priors
@@ -49,7 +53,6 @@ class InferenceConfig:
 EVAL = InferenceConfig()
 DEPLOY = InferenceConfig(score_thr=0.3, nms_pre=200, iou_threshold=0.6, max_per_img=30, mask_thr=0.5)
 CONFIGS = {"eval": EVAL, "deploy": DEPLOY}
-MASK_CHUNK = 16  # instances upsampled together: bounds memory (16 x 640 x 640 floats = 26 MB) and runs faster
 
 
 def resolve_config(config: str | InferenceConfig, score_thr: float | None = None) -> InferenceConfig:
@@ -217,8 +220,6 @@ def postprocess(
                     priors[prior_index],  # (K, 4)
                     torch.zeros_like(prior_index),  # all from this image
                 )  # (K, h, w) stride 8
-                logit_thr = math.log(cfg.mask_thr / (1 - cfg.mask_thr))  # sigmoid(x) > t  <=>  x > logit(t)
-                masks = torch.cat([mask_logits_to_original(chunk, letterbox, strides[0]) > logit_thr
-                                   for chunk in logits.split(MASK_CHUNK)])  # (K, H0, W0)
+                masks = masks_to_original(logits, letterbox, cfg.mask_thr, strides[0])  # (K, H0, W0) bool
         results.append(Instances(boxes, scores, labels, masks, letterbox, prior_index))
     return results
