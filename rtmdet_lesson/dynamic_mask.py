@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import torch
 
-from rtmdet_lesson.priors import relative_coordinates
+from rtmdet_lesson.priors import grid_priors
 
 NUM_PROTOTYPES = 8
+MASK_STRIDE = 8  # the prototypes' stride: their grid points are (j * 8, i * 8)
+INSTANCE_CHUNK = 8  # instances per batched product: (8, 8, h*w) floats stay in a CPU's L2 cache at 640
 DYCONV_CHANNELS = 8
 # (out, in) of the three dynamic 1x1 convs; in of layer 0 = 2 coordinate maps + the prototypes.
 LAYER_SHAPES = ((DYCONV_CHANNELS, NUM_PROTOTYPES + 2), (DYCONV_CHANNELS, DYCONV_CHANNELS), (1, DYCONV_CHANNELS))
@@ -66,7 +68,12 @@ def dynamic_mask_logits(
     Returns:
         ``(K, h, w)`` mask logits at stride 8 (apply sigmoid after upsampling, never before).
 
-    A 1x1 conv is a matrix product over channels, so all instances run as one batched ``einsum``: no loop.
+    A 1x1 conv is a matrix product over channels. Layer 0 needs no (K, 10, h, w) input: its coordinate part is
+    affine in the grid point, ``W_xy @ (p - g) / (8 s) = W_xy @ p / (8 s) - W_xy @ g / (8 s)``, so each image's
+    8 prototypes, the grid x, the grid y and a row of ones make one (11, h*w) input shared by all its instances,
+    and layer 0 is one matrix product per image. Layers 1 and 2 run as batched products over ``INSTANCE_CHUNK``
+    instances at a time, so that their (chunk, 8, h*w) activations stay in the CPU cache. Chapter 09 times it;
+    ``tests/test_dynamic_mask.py`` checks it against a per-instance ``F.conv2d`` on the concatenated input.
     """
     b, c, h, w = mask_feats.shape
     if c != NUM_PROTOTYPES:
@@ -77,12 +84,21 @@ def dynamic_mask_logits(
             f"kernels {tuple(kernels.shape)}, priors {tuple(priors.shape)} and image_index "
             f"{tuple(image_index.shape)} must describe the same K instances: (K, 169), (K, 4), (K,)"
         )
-    coords = relative_coordinates(priors[:, :2], priors[:, 2], (h, w)).to(mask_feats.dtype)  # (K, 2, h, w)
-    x = torch.cat([coords, mask_feats[image_index]], dim=1)  # (K, 10, h, w)
-    x = x.reshape(k, c + 2, h * w)  # (K, 10, h*w)
-    weights, biases = split_dynamic_params(kernels.to(mask_feats.dtype))
-    for layer, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
-        x = torch.einsum("koi,kip->kop", weight, x) + bias[:, :, None]  # (K, out, h*w)
-        if layer < len(weights) - 1:
-            x = x.relu()
-    return x.reshape(k, h, w)  # (K, h, w)
+    dtype = mask_feats.dtype
+    weights, biases = split_dynamic_params(kernels.to(dtype))
+    w0 = weights[0]  # (K, 8, 10): columns rel_x, rel_y, then the prototypes
+    scale = (priors[:, 2].to(dtype) * 8)[:, None]  # (K, 1): the coordinate normaliser 8 * stride
+    offset = (w0[:, :, 0] * priors[:, None, 0] + w0[:, :, 1] * priors[:, None, 1]) / scale  # (K, 8)
+    w0_ext = torch.cat([w0[:, :, 2:], -w0[:, :, :2] / scale[:, :, None], (biases[0] + offset)[:, :, None]], dim=2)
+    grid = grid_priors([(h, w)], [MASK_STRIDE], device=mask_feats.device, dtype=dtype)[:, :2]  # (h*w, 2) x, y
+    ones = grid.new_ones(h * w, 1)
+    logits = mask_feats.new_empty(k, h * w)
+    for image in range(b):
+        inputs = torch.cat([mask_feats[image].reshape(c, h * w), grid.T, ones.T])  # (c + 3, h*w)
+        members = torch.nonzero(image_index == image).flatten()
+        for chunk in members.split(INSTANCE_CHUNK):
+            x = (w0_ext[chunk].reshape(-1, c + 3) @ inputs).reshape(len(chunk), DYCONV_CHANNELS, h * w)  # (n, 8, h*w)
+            x = torch.baddbmm(biases[1][chunk, :, None], weights[1][chunk], x.relu_())  # (n, 8, h*w)
+            x = torch.baddbmm(biases[2][chunk, :, None], weights[2][chunk], x.relu_())  # (n, 1, h*w)
+            logits[chunk] = x[:, 0]
+    return logits.reshape(k, h, w)  # (K, h, w)
