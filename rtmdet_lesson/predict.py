@@ -147,7 +147,8 @@ def predict(
         model.to(device)
     param = next(model.parameters())
     was_training = model.training
-    model.eval()
+    if was_training:  # model.eval() walks every module: skip it when there is nothing to switch
+        model.eval()
     results = []
     try:
         with torch.inference_mode():
@@ -158,5 +159,6 @@ def predict(
                 strides = tuple(getattr(model, "strides", (8, 16, 32)))
                 results += postprocess(outputs, [box for _, box in boxed], cfg, strides)
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
     return results
