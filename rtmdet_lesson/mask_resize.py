@@ -77,12 +77,13 @@ def masks_to_original(logits: torch.Tensor, letterbox: Letterbox, mask_thr: floa
     x0, x1 = torch.searchsorted(x_last, c0), torch.searchsorted(x_first, c1, right=True)  # (K,) each
     masks = torch.zeros(k, h0, w0, dtype=torch.bool, device=logits.device)
     windows = torch.stack([y0, y1, x0, x1], dim=1).tolist()  # (K, 4); empty where nothing is over the threshold
+    x_first, x_last = x_first.tolist(), x_last.tolist()  # plain ints: the loop below is per instance
     for i, (y0, y1, x0, x1) in enumerate(windows):
         if y0 >= y1 or x0 >= x1:
             continue  # nothing over the threshold, or only in the letterbox padding
-        cols = slice(int(x_first[x0]), int(x_last[x1 - 1]) + 1)  # the inputs the window's columns read
-        window = a_y[y0:y1] @ logits[i, :, cols] @ a_x[x0:x1, cols].T  # (y1 - y0, x1 - x0)
-        masks[i, y0:y1, x0:x1] = window > logit_thr
+        c0, c1 = x_first[x0], x_last[x1 - 1] + 1  # the inputs the window's columns read
+        window = torch.mm(torch.mm(a_y[y0:y1], logits[i, :, c0:c1]), a_x[x0:x1, c0:c1].T)  # (y1 - y0, x1 - x0)
+        torch.gt(window, logit_thr, out=masks[i, y0:y1, x0:x1])
     return masks
 
 

@@ -18,6 +18,7 @@ instance's window where the mask can be on (chapter 09).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -131,15 +132,16 @@ def select_candidates(
     """
     prior_index, labels, scores = [], [], []
     offset = 0
+    logit_thr = math.log(score_thr / (1 - score_thr)) if score_thr > 0 else -math.inf  # sigmoid(x) > t <=> x > logit(t)
     for logits in cls_scores:
         c, h, w = logits.shape
-        probs = logits.sigmoid().permute(1, 2, 0).reshape(-1)  # (H_l*W_l*C,), prior-major
-        flat = torch.nonzero(probs > score_thr).squeeze(1)  # (M_l,)
-        top = probs[flat].topk(min(nms_pre, flat.numel())).indices  # sorted best first
-        flat = flat[top]
+        flat_logits = logits.permute(1, 2, 0).reshape(-1)  # (H_l*W_l*C,), prior-major
+        # the nms_pre best over the threshold = the nms_pre best overall, less those under it (sigmoid is monotone)
+        best, flat = flat_logits.topk(min(nms_pre, flat_logits.numel()))  # sorted best first
+        flat = flat[best > logit_thr]  # (M_l,)
         prior_index.append(flat // c + offset)
         labels.append(flat % c)
-        scores.append(probs[flat])
+        scores.append(flat_logits[flat].sigmoid())  # only the kept candidates go through the sigmoid
         offset += h * w
     return torch.cat(prior_index), torch.cat(labels), torch.cat(scores)
 

@@ -72,6 +72,10 @@ def letterbox_image(image: torch.Tensor, canvas_size: tuple[int, int]) -> tuple[
         raise ValueError(f"letterbox_image wants a (3, H, W) RGB tensor, got shape {tuple(image.shape)}.")
     box = letterbox_geometry((image.shape[1], image.shape[2]), canvas_size)
     new_h, new_w = box.resized_size
+    if (new_h, new_w) == tuple(image.shape[1:]):  # already fits: paste it, no resampling
+        canvas = torch.full((3, *canvas_size), PAD_VALUE, dtype=torch.uint8, device=image.device)
+        canvas[:, box.pad_top : box.pad_top + new_h, box.pad_left : box.pad_left + new_w] = image
+        return canvas, box
     resized = torch.nn.functional.interpolate(
         image[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
     )[0]
