@@ -15,7 +15,6 @@ candidates per level into NMS and ``max_per_img`` masks decoded: the worst case 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import statistics
@@ -26,7 +25,8 @@ import torch
 from rtmdet_lesson.boxes import distance_to_box
 from rtmdet_lesson.dynamic_mask import dynamic_mask_logits
 from rtmdet_lesson.nms import batched_nms
-from rtmdet_lesson.postprocess import CONFIGS, MASK_CHUNK, mask_logits_to_original, postprocess, select_candidates
+from rtmdet_lesson.mask_resize import masks_to_original
+from rtmdet_lesson.postprocess import CONFIGS, postprocess, select_candidates
 from rtmdet_lesson.preprocess import letterbox_image, normalize
 from rtmdet_lesson.presets import build_model
 from rtmdet_lesson.priors import grid_priors
@@ -82,8 +82,7 @@ def stage_times(model, x, letterbox, config, runs: int) -> dict:
     def masks():
         kernels = torch.cat([k[0].permute(1, 2, 0).reshape(-1, k.shape[1]) for k in head.kernel_preds])
         logits = dynamic_mask_logits(head.mask_feats, kernels[kept], priors[kept], torch.zeros_like(kept))
-        logit_thr = math.log(config.mask_thr / (1 - config.mask_thr))
-        return torch.cat([mask_logits_to_original(c, letterbox) > logit_thr for c in logits.split(MASK_CHUNK)])
+        return masks_to_original(logits, letterbox, config.mask_thr)
 
     out["masks"], _ = median_ms(masks, runs)
     out["postprocess (all)"], found = median_ms(lambda: postprocess(head, [letterbox], config, model.strides), runs)

@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("preset", help="e.g. rtmdet-ins-tiny, rtmdet-s, course-sprites")
     summary.add_argument("--num-classes", type=int, default=None, help="default: the preset's")
 
+    from rtmdet_lesson.speed import SPEEDS
     from rtmdet_lesson.train import add_train_arguments
 
     add_train_arguments(sub.add_parser("train", help="train a preset on the sprites or any COCO-format dataset"))
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--score-thr", type=float, default=None, help="override the preset's score threshold")
     predict.add_argument("--config", default="deploy", choices=["eval", "deploy"], help="post-processing preset")
     predict.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    predict.add_argument("--speed", default="exact", choices=list(SPEEDS),
+                        help="inference path (chapter 09): plain, exact (default: same answers, faster), fast "
+                             "(+ bf16 where the hardware has it) or compile (+ torch.compile)")
 
     evaluate = sub.add_parser("evaluate", help="COCO bbox and segm AP of a checkpoint on a COCO-format dataset")
     evaluate.add_argument("--checkpoint", required=True, help="a checkpoint written by this package")
@@ -46,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--annotations", help="COCO instances JSON (with --images)")
     evaluate.add_argument("--config", default="eval", choices=["eval", "deploy"], help="post-processing preset")
     evaluate.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    evaluate.add_argument("--speed", default="exact", choices=list(SPEEDS),
+                        help="inference path (chapter 09): plain, exact (default: same answers, faster), fast "
+                             "(+ bf16 where the hardware has it) or compile (+ torch.compile)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object last")
     return parser
 

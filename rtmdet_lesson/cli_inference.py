@@ -3,6 +3,8 @@
     python -m rtmdet_lesson predict IMAGE... --checkpoint CKPT [--out DIR] [--score-thr X] [--config eval|deploy]
     python -m rtmdet_lesson evaluate --checkpoint CKPT (--data DIR | --images DIR --annotations FILE) [--json]
 
+Both take ``--speed plain|exact|fast|compile`` (default ``exact``: the same answers, faster; chapter 09).
+
 Chapter 08 builds what they call (``predict``, ``evaluate_coco``, ``draw_instances``); these are thin wrappers
 for people who never open a notebook.
 """
@@ -22,14 +24,16 @@ from rtmdet_lesson.evaluate import STAT_NAMES, evaluate_coco
 from rtmdet_lesson.figures.instances import draw_instances
 from rtmdet_lesson.predict import predict, to_rgb_tensor
 from rtmdet_lesson.runtime import pick_device
+from rtmdet_lesson.speed import optimize_for_inference
 
 
-def _load(path, device):
+def _load(path, device, speed: str = "exact"):
+    """The checkpoint's model on ``device`` behind the ``speed`` inference path, and its category-id map."""
     try:
         checkpoint = load_checkpoint(path)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
-    model = model_from_checkpoint(checkpoint, pick_device(device))
+    model = optimize_for_inference(model_from_checkpoint(checkpoint, pick_device(device)), speed)
     label_to_category_id = checkpoint.get("label_to_category_id") or {k: k + 1 for k in range(model.num_classes)}
     return model, {int(k): int(v) for k, v in label_to_category_id.items()}
 
@@ -41,7 +45,7 @@ def predict_main(args) -> int:
     in the command line (from 1). Category ids come from the checkpoint's ``label_to_category_id`` if it has
     one, else label + 1.
     """
-    model, label_to_category_id = _load(args.checkpoint, args.device)
+    model, label_to_category_id = _load(args.checkpoint, args.device, args.speed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -81,7 +85,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 def evaluate_main(args) -> int:
     """COCO bbox/segm AP of a checkpoint on a dataset; with ``--json`` the last line is one JSON object."""
-    model, _ = _load(args.checkpoint, args.device)
+    model, _ = _load(args.checkpoint, args.device, args.speed)
     dataset = _dataset(args)
     if model.num_classes != len(dataset.class_names):
         raise SystemExit(
@@ -92,7 +96,7 @@ def evaluate_main(args) -> int:
         print(f"warning: class names differ: model {model.class_names}, dataset {dataset.class_names}",
               file=sys.stderr)
     metrics = evaluate_coco(model, dataset, config=args.config)
-    print(f"{args.checkpoint} on {len(dataset)} images ({args.config} settings); AP in percent:")
+    print(f"{args.checkpoint} on {len(dataset)} images ({args.config} settings, {args.speed} path); AP in percent:")
     print(format_metrics(metrics))
     if args.json:
         print(json.dumps(metrics))

@@ -146,6 +146,22 @@ def select_candidates(
     return torch.cat(prior_index), torch.cat(labels), torch.cat(scores)
 
 
+def gather_priors(maps: list[torch.Tensor], prior_index: torch.Tensor) -> torch.Tensor:
+    """The values at some priors of per-level maps ``[(D, H_l, W_l)]`` of one image -> ``(M, D)``.
+
+    ``prior_index`` counts priors over the levels in order (as ``grid_priors`` rows); only the asked columns are
+    copied, not the whole (N, D) concatenation.
+    """
+    sizes = torch.tensor([m.shape[1] * m.shape[2] for m in maps], device=prior_index.device)
+    starts = torch.cumsum(sizes, 0) - sizes  # (L,) first prior of each level
+    level = torch.bucketize(prior_index, starts, right=True) - 1  # (M,)
+    out = maps[0].new_empty(len(prior_index), maps[0].shape[0])
+    for lvl, values in enumerate(maps):
+        pick = torch.nonzero(level == lvl).flatten()
+        out[pick] = values.reshape(values.shape[0], -1)[:, prior_index[pick] - starts[lvl]].T  # (m_l, D)
+    return out
+
+
 def mask_logits_to_original(logits: torch.Tensor, letterbox: Letterbox, mask_stride: int = 8) -> torch.Tensor:
     """Stride-8 mask logits ``(K, h, w)`` on the canvas -> logits ``(K, H0, W0)`` on the original image.
 
@@ -203,8 +219,8 @@ def postprocess(
         if prior_index.numel() == 0:
             results.append(_empty(letterbox, with_mask, priors))
             continue
-        distances = torch.cat([p[i].permute(1, 2, 0).reshape(-1, 4) for p in bbox_preds])  # (N, 4)
-        boxes = distance_to_box(priors[prior_index, :2], distances[prior_index], max_shape=canvas)  # (M, 4)
+        distances = gather_priors([p[i] for p in bbox_preds], prior_index)  # (M, 4)
+        boxes = distance_to_box(priors[prior_index, :2], distances, max_shape=canvas)  # (M, 4)
         boxes = letterbox.boxes_to_original(boxes)  # (M, 4) original pixels
         valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # drop boxes squashed to nothing
         prior_index, labels, scores, boxes = prior_index[valid], labels[valid], scores[valid], boxes[valid]
@@ -215,10 +231,9 @@ def postprocess(
             if keep.numel() == 0:
                 masks = torch.zeros(0, *letterbox.original_size, dtype=torch.bool, device=boxes.device)
             else:
-                kernels = torch.cat([k[i].permute(1, 2, 0).reshape(-1, k.shape[1]) for k in outputs.kernel_preds])
                 logits = dynamic_mask_logits(
                     outputs.mask_feats[i : i + 1],
-                    kernels[prior_index],  # (K, 169)
+                    gather_priors([k[i] for k in outputs.kernel_preds], prior_index),  # (K, 169)
                     priors[prior_index],  # (K, 4)
                     torch.zeros_like(prior_index),  # all from this image
                 )  # (K, h, w) stride 8
