@@ -24,8 +24,8 @@ import torch
 
 from rtmdet_lesson.boxes import distance_to_box
 from rtmdet_lesson.dynamic_mask import dynamic_mask_logits
-from rtmdet_lesson.nms import batched_nms
 from rtmdet_lesson.mask_resize import masks_to_original
+from rtmdet_lesson.nms import batched_nms
 from rtmdet_lesson.postprocess import CONFIGS, postprocess, select_candidates
 from rtmdet_lesson.preprocess import letterbox_image, normalize
 from rtmdet_lesson.presets import build_model

@@ -290,3 +290,13 @@ def test_mask_decoding_stages_and_pictures(lively_model):
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_gather_priors_equals_indexing_the_concatenation():
+    from rtmdet_lesson.postprocess import gather_priors
+
+    maps = [torch.randn(5, 4, 6), torch.randn(5, 2, 3), torch.randn(5, 1, 2)]  # 24 + 6 + 2 priors
+    concatenated = torch.cat([m.permute(1, 2, 0).reshape(-1, 5) for m in maps])  # (32, 5)
+    index = torch.tensor([31, 0, 24, 23, 29, 5, 30])
+    assert torch.equal(gather_priors(maps, index), concatenated[index])
+    assert gather_priors(maps, index[:0]).shape == (0, 5)
