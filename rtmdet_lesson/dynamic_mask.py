@@ -100,5 +100,5 @@ def dynamic_mask_logits(
             x = (w0_ext[chunk].reshape(-1, c + 3) @ inputs).reshape(len(chunk), DYCONV_CHANNELS, h * w)  # (n, 8, h*w)
             x = torch.baddbmm(biases[1][chunk, :, None], weights[1][chunk], x.relu_())  # (n, 8, h*w)
             x = torch.baddbmm(biases[2][chunk, :, None], weights[2][chunk], x.relu_())  # (n, 1, h*w)
-            logits[chunk] = x[:, 0]
+            logits[chunk] = x[:, 0].to(logits.dtype)  # under autocast the products ran in bf16
     return logits.reshape(k, h, w)  # (K, h, w)

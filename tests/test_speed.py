@@ -176,3 +176,17 @@ def test_prepare_for_training_keeps_depthwise_convs_fp32_under_cpu_bf16():
     conv = next(c for c in convs if isinstance(c, DepthwiseConvFp32) and c.in_channels == 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert conv(x).dtype == torch.float32
+
+
+def test_a_training_step_runs_under_cpu_bf16_autocast_with_the_fast_settings():
+    torch.manual_seed(0)
+    model = prepare_for_training(build_model("course-sprites", num_classes=5).train(), True, torch.bfloat16)
+    x = torch.randn(2, 3, 64, 64)
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 40.0, 30.0]]), "labels": torch.tensor([1]),
+                "masks": torch.zeros(1, 64, 64, dtype=torch.bool).index_fill_(1, torch.arange(4, 30), True)}] * 2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.loss(x, targets)
+    total = losses["loss_cls"] + losses["loss_bbox"] + losses["loss_mask"]
+    assert torch.isfinite(total)
+    total.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
