@@ -1,0 +1,396 @@
+"""Speed of the plain fp32 path and of the fast path, per preset: the README's table (chapter 09).
+
+    python benchmarks/bench_speed.py [--runs 7] [--train-iters 8] [--workers 1] [--pieces] [--compile]
+
+Per preset (course-sprites at 320, RTMDet-Ins-tiny and -s at 640) and mode (``plain``: the model as built, fp32,
+the training loop's defaults; ``fast``: ``optimize_for_inference(model, "fast")`` and ``train --fast``):
+
+- forward ms: ``model(x)`` on one letterboxed image, batch 1, median of ``--runs``;
+- predict ms: ``predict`` on a 480x640 uint8 image (240x320 for the 320 preset) with 100 instances kept:
+  letterbox, normalise, forward, candidates, NMS, dynamic masks and their resizing to the image;
+- predict MiB: peak memory of one predict above what the process held before it (CPU: resident set,
+  measured in a fresh process, see ``probe_memory``; CUDA: allocated tensors);
+- train img/s: ``rtmdet_lesson.train`` itself on the sprites train split (data loading, augmentation,
+  forward, losses, backward, AdamW, EMA), images per second over ``--train-iters`` iterations after 3 warm-up
+  ones; train MiB: peak memory of 3 iterations (model, optimizer and EMA included; workers=0).
+
+The models are randomly initialised but made busy as trained ones: BN statistics calibrated on the input,
+classifier bias 0 (every prior scores about 0.5, so NMS keeps ``max_per_img`` = 100), and a mask kernel giving
+each instance a diamond-shaped mask 5 strides of its level across, so that decoding works on object-sized
+masks (a random kernel would switch masks on over the whole image; ``--pieces`` times that worst case too).
+
+``--pieces`` adds tables of the parts: each inference speed-up on its own for RTMDet-Ins-tiny at 640, its
+decoding stage by stage (with chapter 08's full-canvas mask resizing for comparison, and with masks that
+cover the whole image), each training speed-up for the course preset, and the augmentation pipeline's cost per
+image. ``--compile`` adds a ``torch.compile`` row (minutes of compiling on a CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import rtmdet_lesson.speed as speed_module
+from rtmdet_lesson.boxes import distance_to_box
+from rtmdet_lesson.data.coco import sprites_split
+from rtmdet_lesson.data.transforms import build_train_pipeline
+from rtmdet_lesson.dynamic_mask import LAYER_SHAPES, NUM_DYNAMIC_PARAMS, dynamic_mask_logits
+from rtmdet_lesson.mask_resize import masks_to_original
+from rtmdet_lesson.nms import batched_nms
+from rtmdet_lesson.postprocess import EVAL, gather_priors, mask_logits_to_original, postprocess, select_candidates
+from rtmdet_lesson.preprocess import letterbox_image, normalize
+from rtmdet_lesson.presets import build_model
+from rtmdet_lesson.priors import grid_priors
+from rtmdet_lesson.speed import SpeedOptions, low_precision_dtype, optimize_for_inference
+from rtmdet_lesson.train import TrainConfig, train
+
+CASES = [  # (preset, canvas, image (H, W), training batch)
+    ("course-sprites", 320, (240, 320), 8),
+    ("rtmdet-ins-tiny", 640, (480, 640), 4),
+    ("rtmdet-ins-s", 640, (480, 640), 4),
+]
+OBJECT_HALF_SIZE = 2.5  # strides of the prior's level: the synthetic masks are 5 strides across
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# measuring
+
+
+def median_ms(fn, runs: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def peak_mib(fn) -> float:
+    """Peak memory of ``fn()`` above the memory before it, in MiB. CUDA: allocated tensors; CPU (Linux): the
+    process's resident set, in a process whose allocator returns freed blocks at once (see ``probe``)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets the high-water mark VmHWM to the current RSS
+        before = _rss_kib("VmRSS")
+    except OSError:
+        return float("nan")
+    fn()
+    return (_rss_kib("VmHWM") - before) / 1024
+
+
+def probe_memory(*args: str) -> float:
+    """Run ``--probe ARGS`` in a fresh process and return the MiB it prints.
+
+    A fresh process, because glibc keeps freed memory for reuse, so a second measurement in a process that has
+    already run the same work sees no growth; ``MALLOC_MMAP_THRESHOLD_`` makes large blocks go straight back.
+    """
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run([sys.executable, __file__, "--probe", *args], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory probe {args} failed:\n{done.stderr}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a busy model
+
+
+def diamond_kernel(half_size: float = OBJECT_HALF_SIZE) -> torch.Tensor:
+    """169 dynamic parameters whose mask logit is ``4 - 4 * (|dx| + |dy|) / (half_size * stride)``: a diamond.
+
+    Layer 0 makes relu(+-rel_x), relu(+-rel_y) (rel = offset / (8 * stride)), layer 1 passes them on, layer 2
+    sums them with weight -a and adds 4, so the logit is 0 at an L1 distance of half_size strides.
+    """
+    (o0, i0), (o1, i1), (o2, i2) = LAYER_SHAPES
+    w0, w1, w2 = torch.zeros(o0, i0), torch.zeros(o1, i1), torch.zeros(o2, i2)
+    for channel, (coord, sign) in enumerate([(0, 1.0), (0, -1.0), (1, 1.0), (1, -1.0)]):
+        w0[channel, coord] = sign
+        w1[channel, channel] = 1.0
+        w2[0, channel] = -4.0 * 8 / half_size
+    b0, b1, b2 = torch.zeros(o0), torch.zeros(o1), torch.full((o2,), 4.0)
+    kernel = torch.cat([w0.flatten(), w1.flatten(), w2.flatten(), b0, b1, b2])
+    assert kernel.numel() == NUM_DYNAMIC_PARAMS
+    return kernel
+
+
+def busy_model(preset: str, x: torch.Tensor, masks: str = "objects"):
+    """A random model that behaves like a trained one at inference (see the module doc)."""
+    torch.manual_seed(0)
+    model = build_model(preset)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # one pass sets the running statistics to this batch's
+    model.train()
+    with torch.no_grad():
+        model(x)
+        for rtm_cls in model.head.rtm_cls:
+            rtm_cls.bias.zero_()
+        if masks == "objects":
+            for rtm_kernel in model.head.rtm_kernel:
+                rtm_kernel.weight.zero_()
+                rtm_kernel.bias.copy_(diamond_kernel())
+    return model.eval()
+
+
+def sample_image(shape: tuple[int, int]) -> torch.Tensor:
+    return torch.randint(0, 256, (3, *shape), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+
+
+def canvas_input(image: torch.Tensor, size: int) -> torch.Tensor:
+    canvas, _ = letterbox_image(image, (size, size))
+    return normalize(canvas[None])  # (1, 3, S, S)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training throughput: the real loop
+
+
+def sprites_root(tmp: Path) -> Path:
+    if (Path("data/sprites/train/annotations.json")).is_file():
+        return Path("data/sprites")
+    from rtmdet_lesson.data.sprites import generate_sprites
+
+    generate_sprites(tmp / "sprites", seed=0, n_train=64, n_val=0)
+    return tmp / "sprites"
+
+
+def train_throughput(preset: str, size: int, batch: int, fast: bool, iters: int, workers: int, data: Path,
+                     tmp: Path) -> float:
+    """Images per second of ``rtmdet_lesson.train`` after 3 warm-up iterations (``iters=0``: 3 iterations, 0)."""
+    low = low_precision_dtype(torch.device("cpu")) if fast else None
+    amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(low, "off")
+    config = TrainConfig(preset=preset, data=str(data), out=str(tmp / f"{preset}-{fast}"), image_size=size,
+                         epochs=100, batch_size=batch, warmup_iters=10, mosaic=False, mixup=False, workers=workers,
+                         amp=amp, channels_last=fast, progress=False, ema=True)
+    stamps = []
+    train(config, max_iters=3 + iters, on_step=lambda record: stamps.append(time.perf_counter()))
+    return batch * iters / (stamps[-1] - stamps[2]) if iters else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the tables
+
+
+def decoding_stages(model, x: torch.Tensor, image: torch.Tensor, runs: int) -> dict[str, float]:
+    """Milliseconds of each decoding stage of ``postprocess`` (eval settings) on the fast path's outputs."""
+    net = optimize_for_inference(model, "fast")
+    with torch.inference_mode():
+        out = net(x)
+        _, box = letterbox_image(image, tuple(x.shape[-2:]))
+        sizes = [tuple(s.shape[-2:]) for s in out.cls_scores]
+        priors = grid_priors(sizes, net.strides)  # (N, 4)
+
+        def candidates():
+            index, labels, scores = select_candidates([s[0] for s in out.cls_scores], EVAL.score_thr, EVAL.nms_pre)
+            distances = gather_priors([p[0] for p in out.bbox_preds], index)
+            boxes = box.boxes_to_original(distance_to_box(priors[index, :2], distances, max_shape=x.shape[-2:]))
+            return index, labels, scores, boxes
+
+        index, labels, scores, boxes = candidates()
+        keep = batched_nms(boxes, scores, labels, EVAL.iou_threshold, max_keep=EVAL.max_per_img)
+        kept = index[keep]
+
+        def mask_logits():
+            kernels = gather_priors([k[0] for k in out.kernel_preds], kept)  # (K, 169)
+            return dynamic_mask_logits(out.mask_feats, kernels, priors[kept], torch.zeros_like(kept))
+
+        logits = mask_logits()
+        return {
+            "forward (fast path)": median_ms(lambda: net(x), runs),
+            f"candidates: threshold, top-k, boxes ({len(index)})": median_ms(candidates, runs),
+            f"NMS ({len(index)} -> {len(kept)})": median_ms(
+                lambda: batched_nms(boxes, scores, labels, EVAL.iou_threshold, max_keep=EVAL.max_per_img), runs),
+            f"dynamic mask head ({len(kept)} x {tuple(logits.shape[1:])})": median_ms(mask_logits, runs),
+            "masks to the image: windows (chapter 09)": median_ms(lambda: masks_to_original(logits, box), runs),
+            "masks to the image: full canvas (chapter 08)": median_ms(
+                lambda: mask_logits_to_original(logits, box) > 0, runs),
+            "all of postprocess (windows)": median_ms(lambda: postprocess(out, [box], EVAL, net.strides), runs),
+        }
+
+
+def main_table(args, data: Path, tmp: Path) -> None:
+    modes = ["plain", "fast"]
+    print(f"{'preset':<17}{'canvas':>7}{'mode':>6}{'forward ms':>12}{'predict ms':>12}{'instances':>10}"
+          f"{'predict MiB':>13}{'train batch':>12}{'train img/s':>12}{'train MiB':>11}")
+    for preset, size, image_shape, batch in CASES:
+        if args.only and args.only not in preset:
+            continue
+        image = sample_image(image_shape)
+        x = canvas_input(image, size)
+        model = busy_model(preset, x)
+        for mode in modes:
+            net = model if mode == "plain" else optimize_for_inference(model, "fast")
+            with torch.inference_mode():
+                forward = median_ms(lambda net=net, x=x: net(x), args.runs)
+                predict = median_ms(lambda net=net, image=image: net.predict(image), args.runs)
+                found = net.predict(image)[0]
+            predict_mib = probe_memory("predict", preset, mode, str(data))
+            img_s, train_mib = float("nan"), float("nan")
+            if args.train_iters:
+                img_s = train_throughput(preset, size, batch, mode == "fast", args.train_iters, args.workers, data, tmp)
+                train_mib = probe_memory("train", preset, mode, str(data))
+            print(f"{preset:<17}{size:>7}{mode:>6}{forward:>12.1f}{predict:>12.1f}{len(found):>10d}"
+                  f"{predict_mib:>13.0f}{batch:>12d}{img_s:>12.1f}{train_mib:>11.0f}", flush=True)
+
+
+def pieces_table(args, data: Path, tmp: Path) -> None:
+    preset, size, image_shape, _ = CASES[1]
+    image = sample_image(image_shape)
+    x = canvas_input(image, size)
+    model = busy_model(preset, x)
+    print(f"\n# each piece on its own: {preset}, {size}x{size}, batch 1, forward ms (median of {args.runs})")
+    print(f"{'inference forward':<44}{'ms':>8}{'x plain':>9}")
+    low = SpeedOptions(low_precision=True)
+    rows = [("plain (the model as built)", SpeedOptions()),
+            ("fold BN into convs", SpeedOptions(fold_bn=True)),
+            ("cls tower once", SpeedOptions(single_cls_pass=True)),
+            ("channels-last", SpeedOptions(channels_last=True)),
+            ("bf16 autocast alone", low),
+            ("exact = fold + once + channels-last", "exact"),
+            ("fast = exact + bf16", "fast")]
+    if args.compile:
+        rows.append(("compile = fast + torch.compile", "compile"))
+    plain_ms = None
+    with torch.inference_mode():
+        for label, speed in rows:
+            net = optimize_for_inference(model, speed)
+            ms = median_ms(lambda net=net: net(x), args.runs)
+            plain_ms = plain_ms or ms
+            print(f"{label:<44}{ms:>8.1f}{plain_ms / ms:>9.2f}", flush=True)
+
+    print(f"\n# decoding {preset}'s fast-path outputs into 100 instances on the {image_shape[0]}x{image_shape[1]} "
+          "image, stage by stage (ms)")
+    print(f"{'stage':<52}{'object masks':>13}{'masks everywhere':>17}")
+    stages = {kind: decoding_stages(busy_model(preset, x, masks=kind), x, image, args.runs)
+              for kind in ("objects", "random")}
+    for stage in stages["objects"]:
+        print(f"{stage:<52}{stages['objects'][stage]:>13.1f}{stages['random'][stage]:>17.1f}", flush=True)
+
+    if not args.train_iters:
+        return
+    preset, size, _, batch = CASES[0]
+    print(f"\n# training pieces: {preset}, {size}x{size}, batch {batch}, img/s of the real loop "
+          f"({args.train_iters} iterations after 3)")
+    print(f"{'training':<44}{'img/s':>8}{'x plain':>9}")
+    rows = [("plain fp32", "off", False, False), ("channels-last", "off", True, False),
+            ("bf16 autocast (depthwise in fp32)", "bf16", False, True),
+            ("bf16 autocast, depthwise in bf16 too", "bf16", False, False),
+            ("fast = bf16 + channels-last", "bf16", True, True)]
+    plain_rate = None
+    for label, amp, channels_last, fp32_depthwise in rows:
+        stamps = []
+        config = TrainConfig(preset=preset, data=str(data), out=str(tmp / "pieces"), epochs=100, batch_size=batch,
+                             warmup_iters=10, mosaic=False, mixup=False, workers=args.workers, amp=amp,
+                             channels_last=channels_last, progress=False)
+        keep = speed_module.DepthwiseConvFp32.forward
+        if not fp32_depthwise:  # measure what the fp32 depthwise convs buy by switching them back
+            speed_module.DepthwiseConvFp32.forward = torch.nn.Conv2d.forward
+        try:
+            train(config, max_iters=3 + args.train_iters, on_step=lambda record, stamps=stamps: stamps.append(
+                time.perf_counter()))
+        finally:
+            speed_module.DepthwiseConvFp32.forward = keep
+        rate = batch * args.train_iters / (stamps[-1] - stamps[2])
+        plain_rate = plain_rate or rate
+        print(f"{label:<44}{rate:>8.1f}{rate / plain_rate:>9.2f}", flush=True)
+
+    print(f"\n# the augmentation pipeline per image, one process (each DataLoader worker runs one), {size}x{size}")
+    print(f"{'pipeline':<44}{'ms/img':>8}{'img/s':>9}")
+    dataset = sprites_split(data, "train")
+    for label, stage in [("stage 1: mosaic + mixup, resize, crop, HSV, flip", 1),
+                         ("stage 2: resize, crop, HSV, flip", 2)]:
+        seconds = pipeline_seconds(dataset, size, stage, samples=max(16, 4 * args.train_iters))
+        print(f"{label:<44}{1000 * seconds:>8.1f}{1 / seconds:>9.1f}", flush=True)
+
+
+def pipeline_seconds(dataset, size: int, stage: int, samples: int) -> float:
+    """Median seconds per sample of a training pipeline (the mosaic/mixup caches filled first)."""
+    pipeline = build_train_pipeline(size, stage=stage, recipe="tiny")
+    rng = np.random.default_rng(0)
+    items = [dataset[i % len(dataset)] for i in range(samples + 8)]
+    for item in items[:8]:
+        pipeline(*item, rng)
+    times = []
+    for item in items[8:]:
+        start = time.perf_counter()
+        pipeline(*item, rng)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def probe(what: str, preset: str, mode: str, data: str) -> None:
+    """The ``--probe`` child: print the peak MiB of one predict or of 3 training iterations (``peak_mib``)."""
+    _, size, image_shape, batch = next(case for case in CASES if case[0] == preset)
+    if what == "predict":
+        image = sample_image(image_shape)
+        model = busy_model(preset, canvas_input(image, size))
+        net = model if mode == "plain" else optimize_for_inference(model, "fast")
+        net.predict(image)  # warm-up: one-off allocations are not the call's
+        print(peak_mib(lambda: net.predict(image)))
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench_speed_probe_") as tmp:
+            print(peak_mib(lambda: train_throughput(preset, size, batch, mode == "fast", 0, 0, Path(data), Path(tmp))))
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--probe"]:
+        return probe(*sys.argv[2:6])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7, help="timed runs per forward/predict median (default 7)")
+    parser.add_argument("--train-iters", type=int, default=8, help="timed training iterations (0: skip training)")
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers in the training rows (default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--only", default=None, help="only the presets whose name contains this")
+    parser.add_argument("--pieces", action="store_true", help="also time each speed-up on its own")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    low = low_precision_dtype(torch.device("cpu"))
+    print(f"# {cpu_name()}, {os.cpu_count()} logical CPUs, load average {load:.1f} at start | Python "
+          f"{platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} threads | fast = "
+          f"{'bf16' if low else 'fp32'} autocast + folded BN + one cls pass + channels-last | medians of {args.runs}")
+    print(f"# {' '.join(['python'] + sys.argv)}")
+    with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp:
+        data = sprites_root(Path(tmp))
+        main_table(args, data, Path(tmp))
+        if args.pieces:
+            pieces_table(args, data, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
