@@ -116,7 +116,8 @@ def low_precision_dtype(device: torch.device) -> torch.dtype | None:
     CUDA: bf16 where supported (Ampere and newer), else fp16. MPS and others: None.
     """
     if device.type == "cpu":
-        has_units = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private torch helpers: probe gently
+        has_units = any(getattr(torch.cpu, name, lambda: False)() for name in probes)
         return torch.bfloat16 if has_units else None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
