@@ -106,7 +106,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     amp: str = "off"  # "off", "fp16" (CUDA, with a grad scaler) or "bf16" (CUDA, or CPUs with AMX/AVX-512)
-    channels_last: bool = False  # NHWC memory for the model and its inputs (chapter 09: faster convs on CPU/CUDA)
+    channels_last: bool = False  # NHWC memory after the stem (chapter 09: faster convs on CPU/CUDA)
     device: str | None = None  # None: CUDA, then MPS, then CPU
     export_half: bool = True  # final.pth stores fp16 weights (half the size; loads back as fp32)
     progress: bool = True  # tqdm progress bar on rank 0
@@ -563,7 +563,7 @@ _HELP = {
     "seed": "random seed (default: 0)",
     "workers": "DataLoader worker processes per training process (default: 2)",
     "amp": "mixed precision: off, fp16 (CUDA) or bf16 (CUDA, or a CPU with AMX) (default: off)",
-    "channels_last": "channels-last (NHWC) memory for the model and its inputs (default: off)",
+    "channels_last": "channels-last (NHWC) memory from the first backbone stage on (default: off)",
     "device": "cpu, cuda or mps (default: the best available)",
     "export_half": "store final.pth in fp16 (default: on)",
     "progress": "show a progress bar (default: on)",
