@@ -6,10 +6,10 @@ One image of 480x640 (H x W, a typical COCO shape) letterboxed to a 640x640 canv
 ``torch.inference_mode``; median of ``--runs`` runs after one warm-up, for the ``eval`` and ``deploy``
 post-processing presets.
 
-The model is randomly initialised, so it is given work as a trained one would have: its BatchNorm statistics
-are calibrated on the input (else random-init features shrink to ~0 in eval mode) and its classifier bias
-is set to 0, so every (prior, class) pair scores about 0.5. Both presets then run at their caps: ``nms_pre``
-candidates per level into NMS and ``max_per_img`` masks decoded: the worst case for post-processing.
+The model is ``bench_speed.busy_model``: random, but given work as a trained one would have (BatchNorm
+statistics calibrated on the input, classifier bias 0 so every (prior, class) pair scores about 0.5, and
+object-sized masks). Both presets then run at their caps: ``nms_pre`` candidates per level into NMS and
+``max_per_img`` masks decoded: the worst case for post-processing.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import statistics
 import time
 
 import torch
+from bench_speed import busy_model  # benchmarks/ is on sys.path when run as a script
 
 from rtmdet_lesson.boxes import distance_to_box
 from rtmdet_lesson.dynamic_mask import dynamic_mask_logits
@@ -28,23 +29,7 @@ from rtmdet_lesson.mask_resize import masks_to_original
 from rtmdet_lesson.nms import batched_nms
 from rtmdet_lesson.postprocess import CONFIGS, postprocess, select_candidates
 from rtmdet_lesson.preprocess import letterbox_image, normalize
-from rtmdet_lesson.presets import build_model
 from rtmdet_lesson.priors import grid_priors
-
-
-def busy_model(preset: str, x: torch.Tensor):
-    torch.manual_seed(0)
-    model = build_model(preset)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # one pass sets the running statistics to this batch's
-    model.train()
-    with torch.no_grad():
-        model(x)
-        for rtm_cls in model.head.rtm_cls:
-            rtm_cls.bias.zero_()
-    return model.eval()
 
 
 def median_ms(fn, runs: int) -> tuple[float, object]:
