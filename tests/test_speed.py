@@ -1,5 +1,7 @@
 """The inference fast path gives the plain model's answers; the training speed-ups keep the computation (chapter 09)."""
 
+import shutil
+
 import pytest
 import torch
 from conftest import REPO_ROOT
@@ -198,3 +200,15 @@ def test_a_training_step_runs_under_cpu_bf16_autocast_with_the_fast_settings():
     assert torch.isfinite(total)
     total.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.skipif(not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")),
+                    reason="torch.compile on a CPU needs a C++ compiler")
+def test_compile_gives_the_same_outputs():
+    """The opt-in ``compile`` piece (here in fp32, so the comparison can be strict); compiling takes ~35 s."""
+    torch.manual_seed(0)
+    model = randomise_batchnorm(build_model("course-sprites"))
+    compiled = optimize_for_inference(model, SpeedOptions(fold_bn=True, single_cls_pass=True, compile=True))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert max_relative_error(compiled(x), model(x)) < 1e-4
