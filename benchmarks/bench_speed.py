@@ -52,7 +52,7 @@ from rtmdet_lesson.preprocess import letterbox_image, normalize
 from rtmdet_lesson.presets import build_model
 from rtmdet_lesson.priors import grid_priors
 from rtmdet_lesson.speed import SpeedOptions, low_precision_dtype, optimize_for_inference
-from rtmdet_lesson.train import TrainConfig, train
+from rtmdet_lesson.train import TrainConfig, fast_training_settings, train
 
 CASES = [  # (preset, canvas, image (H, W), training batch)
     ("course-sprites", 320, (240, 320), 8),
@@ -187,14 +187,18 @@ def sprites_root(tmp: Path) -> Path:
     return tmp / "sprites"
 
 
-def train_throughput(preset: str, size: int, batch: int, fast: bool, iters: int, workers: int, data: Path,
+def training_settings(mode: str) -> dict:
+    """The ``TrainConfig`` settings of a mode: ``plain`` (the defaults) or ``fast`` (what ``train --fast`` sets)."""
+    plain = {"amp": "off", "channels_last": False}
+    return plain if mode == "plain" else {**plain, **fast_training_settings(torch.device("cpu"))}
+
+
+def train_throughput(preset: str, size: int, batch: int, settings: dict, iters: int, workers: int, data: Path,
                      tmp: Path) -> float:
     """Images per second of ``rtmdet_lesson.train`` after 3 warm-up iterations (``iters=0``: 3 iterations, 0)."""
-    low = low_precision_dtype(torch.device("cpu")) if fast else None
-    amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(low, "off")
-    config = TrainConfig(preset=preset, data=str(data), out=str(tmp / f"{preset}-{fast}"), image_size=size,
-                         epochs=100, batch_size=batch, warmup_iters=10, mosaic=False, mixup=False, workers=workers,
-                         amp=amp, channels_last=fast, progress=False, ema=True)
+    config = TrainConfig(preset=preset, data=str(data), out=str(tmp / preset), image_size=size, epochs=100,
+                         batch_size=batch, warmup_iters=10, mosaic=False, mixup=False, workers=workers,
+                         progress=False, **settings)
     stamps = []
     train(config, max_iters=3 + iters, on_step=lambda record: stamps.append(time.perf_counter()))
     return batch * iters / (stamps[-1] - stamps[2]) if iters else 0.0
@@ -260,7 +264,8 @@ def main_table(args, data: Path, tmp: Path) -> None:
             predict_mib = probe_memory("predict", preset, mode, str(data))
             img_s, train_mib = float("nan"), float("nan")
             if args.train_iters:
-                img_s = train_throughput(preset, size, batch, mode == "fast", args.train_iters, args.workers, data, tmp)
+                img_s = train_throughput(preset, size, batch, training_settings(mode), args.train_iters, args.workers,
+                                         data, tmp)
                 train_mib = probe_memory("train", preset, mode, str(data))
             print(f"{preset:<17}{size:>7}{mode:>6}{forward:>12.1f}{predict:>12.1f}{len(found):>10d}"
                   f"{predict_mib:>13.0f}{batch:>12d}{img_s:>12.1f}{train_mib:>11.0f}", flush=True)
@@ -315,19 +320,14 @@ def pieces_table(args, data: Path, tmp: Path) -> None:
             ("fast = bf16 + channels-last", "bf16", True, True)]
     plain_rate = None
     for label, amp, channels_last, fp32_depthwise in rows:
-        stamps = []
-        config = TrainConfig(preset=preset, data=str(data), out=str(tmp / "pieces"), epochs=100, batch_size=batch,
-                             warmup_iters=10, mosaic=False, mixup=False, workers=args.workers, amp=amp,
-                             channels_last=channels_last, progress=False)
         keep = speed_module.DepthwiseConvFp32.forward
         if not fp32_depthwise:  # measure what the fp32 depthwise convs buy by switching them back
             speed_module.DepthwiseConvFp32.forward = torch.nn.Conv2d.forward
         try:
-            train(config, max_iters=3 + args.train_iters, on_step=lambda record, stamps=stamps: stamps.append(
-                time.perf_counter()))
+            rate = train_throughput(preset, size, batch, dict(amp=amp, channels_last=channels_last),
+                                    args.train_iters, args.workers, data, tmp)
         finally:
             speed_module.DepthwiseConvFp32.forward = keep
-        rate = batch * args.train_iters / (stamps[-1] - stamps[2])
         plain_rate = plain_rate or rate
         print(f"{label:<44}{rate:>8.1f}{rate / plain_rate:>9.2f}", flush=True)
 
@@ -366,7 +366,8 @@ def probe(what: str, preset: str, mode: str, data: str) -> None:
         print(peak_mib(lambda: net.predict(image)))
     else:
         with tempfile.TemporaryDirectory(prefix="bench_speed_probe_") as tmp:
-            print(peak_mib(lambda: train_throughput(preset, size, batch, mode == "fast", 0, 0, Path(data), Path(tmp))))
+            settings = training_settings(mode)
+            print(peak_mib(lambda: train_throughput(preset, size, batch, settings, 0, 0, Path(data), Path(tmp))))
 
 
 def main() -> None:

@@ -124,14 +124,20 @@ class RTMDetSepBNHead(nn.Module):
             return self.reg_tower(x, level)
         return cls_feats if self.single_cls_pass and cls_feats is not None else self.cls_tower(x, level)
 
+    def distances(self, reg: torch.Tensor, stride: int) -> torch.Tensor:
+        """Raw box outputs -> (left, top, right, bottom) distances in pixels."""
+        return (reg.exp() if self.exp_on_reg else reg) * stride
+
+    def level_outputs(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits ``(B, C, H_l, W_l)`` and box distances ``(B, 4, H_l, W_l)`` of one level."""
+        cls_feats = self.cls_tower(x, level)  # (B, feat, H_l, W_l)
+        cls_score = self.rtm_cls[level](cls_feats)  # (B, C, H_l, W_l)
+        reg = self.rtm_reg[level](self.reg_features(x, level, cls_feats))  # (B, 4, H_l, W_l)
+        return cls_score, self.distances(reg, self.strides[level])
+
     def forward(self, feats: list[torch.Tensor]) -> HeadOutput:
-        cls_scores, bbox_preds = [], []
-        for level, (x, stride) in enumerate(zip(feats, self.strides, strict=True)):
-            cls_feats = self.cls_tower(x, level)  # (B, feat, H_l, W_l)
-            cls_scores.append(self.rtm_cls[level](cls_feats))  # (B, C, H_l, W_l)
-            reg = self.rtm_reg[level](self.reg_features(x, level, cls_feats))  # (B, 4, H_l, W_l)
-            bbox_preds.append((reg.exp() if self.exp_on_reg else reg) * stride)
-        return HeadOutput(cls_scores, bbox_preds)
+        cls_scores, bbox_preds = zip(*[self.level_outputs(x, level) for level, x in enumerate(feats)], strict=True)
+        return HeadOutput(list(cls_scores), list(bbox_preds))
 
 
 class MaskFeatModule(nn.Module):
@@ -181,13 +187,11 @@ class RTMDetInsSepBNHead(RTMDetSepBNHead):
         self.mask_head = MaskFeatModule(in_channels, feat, stacked_convs=4, num_levels=len(strides))
         _init_head_weights(self, reg_bias=1.0)  # again, now over the new layers too, with the Ins reg bias
 
+    def distances(self, reg: torch.Tensor, stride: int) -> torch.Tensor:
+        return F.relu(reg) * stride
+
     def forward(self, feats: list[torch.Tensor]) -> HeadOutput:
         mask_feats = self.mask_head(feats)  # (B, 8, H/8, W/8)
-        cls_scores, bbox_preds, kernel_preds = [], [], []
-        for level, (x, stride) in enumerate(zip(feats, self.strides, strict=True)):
-            cls_feats = self.cls_tower(x, level)  # (B, feat, H_l, W_l)
-            cls_scores.append(self.rtm_cls[level](cls_feats))  # (B, C, H_l, W_l)
-            kernel_preds.append(self.rtm_kernel[level](self.kernel_convs[level](x)))  # (B, 169, H_l, W_l)
-            reg = self.rtm_reg[level](self.reg_features(x, level, cls_feats))  # (B, 4, H_l, W_l)
-            bbox_preds.append(F.relu(reg) * stride)
-        return HeadOutput(cls_scores, bbox_preds, kernel_preds, mask_feats)
+        det = super().forward(feats)  # per level (B, C, H_l, W_l) logits and (B, 4, H_l, W_l) distances
+        kernel_preds = [self.rtm_kernel[level](self.kernel_convs[level](x)) for level, x in enumerate(feats)]
+        return HeadOutput(det.cls_scores, det.bbox_preds, kernel_preds, mask_feats)  # kernels (B, 169, H_l, W_l)

@@ -33,6 +33,7 @@ def interpolation_matrix(in_size: int, out_size: int, dtype=torch.float32, devic
     """``(out_size, in_size)`` weights of 1-D bilinear resizing (align_corners False), as ``F.interpolate`` uses.
 
     Resizing a signal ``v (in_size,)`` gives ``matrix @ v``. Built by resizing an identity matrix along one axis.
+    Chapter 09 builds it.
     """
     eye = torch.eye(in_size, dtype=dtype, device=device)[None, None]  # (1, 1, in, in)
     return F.interpolate(eye, size=(out_size, in_size), mode="bilinear", align_corners=False)[0, 0]  # (out, in)
@@ -41,7 +42,7 @@ def interpolation_matrix(in_size: int, out_size: int, dtype=torch.float32, devic
 def axis_matrix(low: int, stride: int, start: int, length: int, original: int, dtype=torch.float32,
                 device=None) -> torch.Tensor:
     """One axis of chapter 08's chain: x ``stride`` to the canvas, keep ``[start, start + length)``, resize to
-    ``original``. ``(original, low)``."""
+    ``original``. ``(original, low)``. Chapter 09."""
     matrix = interpolation_matrix(low, low * stride, dtype, device)[start : start + length]  # (length, low)
     if length != original:
         matrix = F.interpolate(matrix[None, None], size=(original, low), mode="bilinear", align_corners=False)[0, 0]

@@ -150,7 +150,7 @@ def gather_priors(maps: list[torch.Tensor], prior_index: torch.Tensor) -> torch.
     """The values at some priors of per-level maps ``[(D, H_l, W_l)]`` of one image -> ``(M, D)``.
 
     ``prior_index`` counts priors over the levels in order (as ``grid_priors`` rows); only the asked columns are
-    copied, not the whole (N, D) concatenation.
+    copied, not the whole (N, D) concatenation. Chapter 09 times it.
     """
     sizes = torch.tensor([m.shape[1] * m.shape[2] for m in maps], device=prior_index.device)
     starts = torch.cumsum(sizes, 0) - sizes  # (L,) first prior of each level

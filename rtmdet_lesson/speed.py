@@ -80,7 +80,7 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 class FoldedConvTower(nn.Module):
     """A ``SharedConvTower`` with BN folded in: the shared conv meets a different BN on each level, so folding
-    gives each level its own conv. ``(B, C_in, H_l, W_l) -> (B, C_feat, H_l, W_l)``, as the tower."""
+    gives each level its own conv. ``(B, C_in, H_l, W_l) -> (B, C_feat, H_l, W_l)``, as the tower. Chapter 09."""
 
     def __init__(self, tower: SharedConvTower):
         super().__init__()
@@ -113,7 +113,7 @@ def low_precision_dtype(device: torch.device) -> torch.dtype | None:
     """The reduced precision that is fast on ``device``, or None where fp32 is the fastest (then ``fast`` = ``exact``).
 
     CPUs: bf16 with AMX or AVX-512 BF16 units (without them bf16 is emulated and slower than fp32).
-    CUDA: bf16 where supported (Ampere and newer), else fp16. MPS and others: None.
+    CUDA: bf16 where supported (Ampere and newer), else fp16. MPS and others: None. Chapter 09.
     """
     if device.type == "cpu":
         probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private torch helpers: probe gently

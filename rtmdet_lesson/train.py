@@ -604,6 +604,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
+def fast_training_settings(device: torch.device) -> dict:
+    """What ``train --fast`` turns on for ``device`` (chapter 09): channels-last, and the device's fast mixed
+    precision where it has one (bf16 on AMX/AVX-512 CPUs and on CUDA with bf16, fp16 on older CUDA)."""
+    low = low_precision_dtype(device)
+    settings = {"channels_last": True}
+    if low is not None:
+        settings["amp"] = {torch.bfloat16: "bf16", torch.float16: "fp16"}[low]
+    return settings
+
+
 def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
     """A ``TrainConfig`` from parsed ``train`` arguments: ``base`` (default: the defaults), overridden by what
     was given on the command line."""
@@ -615,9 +625,7 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
     if args.bf16:
         settings["amp"] = "bf16"
     if getattr(args, "fast", False):
-        low = low_precision_dtype(pick_device(settings.get("device")))
-        settings["channels_last"] = True
-        settings["amp"] = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(low, settings.get("amp", "off"))
+        settings.update(fast_training_settings(pick_device(settings.get("device"))))
     if args.images or args.annotations:
         settings.update(data=None, train_images=args.images, train_annotations=args.annotations,
                         val_images=args.val_images, val_annotations=args.val_annotations)

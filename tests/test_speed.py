@@ -37,6 +37,12 @@ def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def one_object_targets() -> list[dict]:
+    """Two 64x64 images with one object each (rows 4-29 of the mask on), as the criterion takes them."""
+    mask = torch.zeros(1, 64, 64, dtype=torch.bool).index_fill_(1, torch.arange(4, 30), True)
+    return [{"boxes": torch.tensor([[4.0, 4.0, 40.0, 30.0]]), "labels": torch.tensor([1]), "masks": mask}] * 2
+
+
 def flat_outputs(out) -> list[torch.Tensor]:
     extra = (out.kernel_preds or []) + ([out.mask_feats] if out.mask_feats is not None else [])
     return out.cls_scores + out.bbox_preds + extra
@@ -166,8 +172,7 @@ def test_prepare_for_training_keeps_keys_and_the_fp32_computation():
     assert prepared.neck.out_convs[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert prepared.backbone.stem[0].conv.weight.is_contiguous()  # the stem stays NCHW
     x = torch.randn(2, 3, 64, 64)
-    targets = [{"boxes": torch.tensor([[4.0, 4.0, 40.0, 30.0]]), "labels": torch.tensor([1]),
-                "masks": torch.zeros(1, 64, 64, dtype=torch.bool).index_fill_(1, torch.arange(4, 30), True)}] * 2
+    targets = one_object_targets()
     losses = [compute_losses(m(x), targets, (64, 64)) for m in (plain, prepared)]
     for name in ("loss_cls", "loss_bbox", "loss_mask"):
         torch.testing.assert_close(losses[1][name], losses[0][name], rtol=1e-4, atol=1e-6)
@@ -192,8 +197,7 @@ def test_a_training_step_runs_under_cpu_bf16_autocast_with_the_fast_settings():
     torch.manual_seed(0)
     model = prepare_for_training(build_model("course-sprites", num_classes=5).train(), True, torch.bfloat16)
     x = torch.randn(2, 3, 64, 64)
-    targets = [{"boxes": torch.tensor([[4.0, 4.0, 40.0, 30.0]]), "labels": torch.tensor([1]),
-                "masks": torch.zeros(1, 64, 64, dtype=torch.bool).index_fill_(1, torch.arange(4, 30), True)}] * 2
+    targets = one_object_targets()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model.loss(x, targets)
     total = losses["loss_cls"] + losses["loss_bbox"] + losses["loss_mask"]
