@@ -10,8 +10,10 @@ parameters and the ``MaskFeatModule`` making 8 prototype maps at stride 8. Faith
 **no box tower of its own**: box regression runs the cls tower a second time (mmdetection issue #9835).
 Because it is a second pass, in training the cls tower's BN running statistics get two momentum updates per
 step (effective momentum 1 - 0.9**2 = 0.19). ``separate_reg_tower=True`` builds the "fixed" head instead.
-In eval the second pass gives the same features as the first; ``single_cls_pass = True`` (set by the fast
-path, chapter 09) reuses them instead of computing them again.
+The second pass gives the same features as the first (in training too: same input, same weights, same batch
+statistics), so ``single_cls_pass = True`` (chapter 09) reuses them instead of computing them again. In
+training it then updates the cls tower's BN running statistics twice per step, as the second pass would, so
+outputs, gradients and running statistics are those of the two-pass head at half the tower's cost.
 """
 
 from __future__ import annotations
@@ -67,10 +69,24 @@ class SharedConvTower(nn.Module):
             ]
         )
 
-    def forward(self, x: torch.Tensor, level: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, level: int, stat_updates: int = 1) -> torch.Tensor:
+        """``stat_updates``: in training, update the BN running statistics as if this pass ran that many times."""
         for conv, norm in zip(self.convs, self.norms[level], strict=True):
-            x = F.silu(norm(conv(x)), inplace=True)
+            x = F.silu(_batch_norm_counted(norm, conv(x), stat_updates), inplace=True)
         return x
+
+
+def _batch_norm_counted(norm: nn.BatchNorm2d, x: torch.Tensor, updates: int) -> torch.Tensor:
+    """``norm(x)``, with the running statistics updated as by ``updates`` calls on ``x`` (chapter 09).
+
+    In training BN normalises with the batch's own statistics, so the extra calls only move the running
+    statistics; they run without autograd and cost one BN forward each, not a conv forward and backward.
+    """
+    if norm.training:
+        with torch.no_grad():
+            for _ in range(updates - 1):
+                norm(x)
+    return norm(x)
 
 
 def _init_head_weights(head: nn.Module, reg_bias: float) -> None:
@@ -113,7 +129,7 @@ class RTMDetSepBNHead(nn.Module):
         self.reg_tower = SharedConvTower(in_channels, feat, stacked_convs, levels) if separate_reg_tower else None
         self.rtm_cls = nn.ModuleList([nn.Conv2d(feat, num_classes, 1) for _ in range(levels)])
         self.rtm_reg = nn.ModuleList([nn.Conv2d(feat, 4, 1) for _ in range(levels)])
-        # no reg tower: reuse the cls features for boxes instead of a second pass (the fast path sets this)
+        # no reg tower: reuse the cls features for boxes instead of a second pass (chapter 09; training sets it)
         self.single_cls_pass = False
         _init_head_weights(self, reg_bias=0.0)
 
@@ -130,7 +146,8 @@ class RTMDetSepBNHead(nn.Module):
 
     def level_outputs(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Class logits ``(B, C, H_l, W_l)`` and box distances ``(B, 4, H_l, W_l)`` of one level."""
-        cls_feats = self.cls_tower(x, level)  # (B, feat, H_l, W_l)
+        reuse = self.single_cls_pass and self.reg_tower is None  # the box branch takes these features as well
+        cls_feats = self.cls_tower(x, level, stat_updates=2 if reuse else 1)  # (B, feat, H_l, W_l)
         cls_score = self.rtm_cls[level](cls_feats)  # (B, C, H_l, W_l)
         reg = self.rtm_reg[level](self.reg_features(x, level, cls_feats))  # (B, 4, H_l, W_l)
         return cls_score, self.distances(reg, self.strides[level])

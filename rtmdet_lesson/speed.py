@@ -89,7 +89,8 @@ class FoldedConvTower(nn.Module):
              for norms in tower.norms]
         )
 
-    def forward(self, x: torch.Tensor, level: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, level: int, stat_updates: int = 1) -> torch.Tensor:
+        """``stat_updates`` is accepted for the head's sake; a folded tower has no statistics to update."""
         for conv in self.levels[level]:
             x = F.silu(conv(x), inplace=True)
         return x

@@ -107,6 +107,7 @@ class TrainConfig:
     workers: int = 2
     amp: str = "off"  # "off", "fp16" (CUDA, with a grad scaler) or "bf16" (CUDA, or CPUs with AMX/AVX-512)
     channels_last: bool = False  # NHWC memory after the stem (chapter 09: faster convs on CPU/CUDA)
+    single_cls_pass: bool = True  # Ins head: one cls-tower pass where the reference runs two (same math; chapter 09)
     device: str | None = None  # None: CUDA, then MPS, then CPU
     export_half: bool = True  # final.pth stores fp16 weights (half the size; loads back as fp32)
     progress: bool = True  # tqdm progress bar on rank 0
@@ -328,6 +329,8 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
     model = build_model(config.preset, num_classes=len(class_names), class_names=class_names,
                         input_size=config.image_size).to(device)
     prepare_for_training(model, config.channels_last, amp_dtype)  # channels-last; fp32 depthwise on CPU bf16
+    if hasattr(model.head, "single_cls_pass"):
+        model.head.single_cls_pass = config.single_cls_pass
     if info.backend == "nccl":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         _say(info, "SyncBatchNorm: batch statistics are shared across the GPUs")
@@ -367,7 +370,9 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
         generator=torch.Generator().manual_seed(config.seed + info.rank),  # worker seeds; not the global RNG
     )
 
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
+    # fused: the same AdamW update in one kernel over all parameters (~5x faster step on a CPU than the loop)
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr,
+                                  fused=device.type in ("cpu", "cuda") or None)
     scheduler = build_lr_scheduler(
         optimizer, flat_until_iter=round(config.flat_fraction * total_iters), total_iters=total_iters,
         warmup_iters=min(config.warmup_iters, total_iters // 10), min_lr_ratio=config.min_lr_ratio,
@@ -564,6 +569,8 @@ _HELP = {
     "workers": "DataLoader worker processes per training process (default: 2)",
     "amp": "mixed precision: off, fp16 (CUDA) or bf16 (CUDA, or a CPU with AMX) (default: off)",
     "channels_last": "channels-last (NHWC) memory from the first backbone stage on (default: off)",
+    "single_cls_pass": "Ins head: run the cls tower once and reuse it for boxes where the reference runs it twice; "
+                       "same outputs, gradients and BN statistics, less time (default: on)",
     "device": "cpu, cuda or mps (default: the best available)",
     "export_half": "store final.pth in fp16 (default: on)",
     "progress": "show a progress bar (default: on)",

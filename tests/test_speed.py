@@ -110,6 +110,40 @@ def test_single_cls_pass_is_bit_identical_in_eval():
             assert torch.equal(a, b)
 
 
+def test_single_cls_pass_in_training_keeps_outputs_gradients_and_batchnorm_statistics():
+    """One pass of the cls tower in training = the reference's two: the same batch statistics give the same
+    features, the gradient is summed over both uses, and the BNs still get two running-statistic updates."""
+    torch.manual_seed(0)
+    twice = build_model("course-sprites", num_classes=5).train()
+    once = build_model("course-sprites", num_classes=5).train()
+    once.load_state_dict(twice.state_dict())
+    once.head.single_cls_pass = True
+    x = torch.randn(2, 3, 64, 96)  # non-square
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 40.0, 30.0]]), "labels": torch.tensor([1]),
+                "masks": torch.zeros(1, 64, 96, dtype=torch.bool).index_fill_(1, torch.arange(4, 30), True)}] * 2
+    losses = [compute_losses(m(x), targets, (64, 96)) for m in (twice, once)]
+    for name in ("loss_cls", "loss_bbox", "loss_mask"):
+        assert torch.equal(losses[1][name], losses[0][name]), name
+        # (the same features, so even the losses are bit-identical)
+    for loss in losses:
+        (loss["loss_cls"] + loss["loss_bbox"] + loss["loss_mask"]).backward()
+    for (name, a), b in zip(twice.named_parameters(), once.parameters(), strict=True):
+        if a.grad is not None:
+            assert float((b.grad - a.grad).abs().max() / a.grad.abs().max().clamp(min=1e-12)) < 1e-4, name
+    tower = twice.head.cls_tower.norms[0][0]
+    assert int(tower.num_batches_tracked) == 2  # the reference updates the cls tower's BNs twice
+    for key, value in twice.state_dict().items():  # running means, variances and counts: bit-identical
+        assert torch.equal(once.state_dict()[key], value), key
+
+
+def test_a_folded_tower_takes_the_single_pass_call():
+    model = randomise_batchnorm(build_model("course-sprites"))
+    fast = optimize_for_inference(model, "exact")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert max_relative_error(fast(x), model(x)) < 1e-4
+
+
 def test_optimize_for_inference_leaves_the_model_alone():
     model = build_model("course-sprites").train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
