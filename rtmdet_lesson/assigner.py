@@ -82,8 +82,9 @@ def center_of_mass(masks: Tensor, eps: float = COST_EPS) -> Tensor:
     Reduces rows and columns separately so that no (G, H, W) integer tensor is built. Chapter 05 uses it.
     """
     g, h, w = masks.shape
-    rows = masks.sum(dim=2)  # (G, H) pixels per row
-    cols = masks.sum(dim=1)  # (G, W) pixels per column
+    counts = masks.view(torch.uint8)  # the same bytes: summing them in int32 skips a (G, H, W) int64 copy
+    rows = counts.sum(dim=2, dtype=torch.int32)  # (G, H) pixels per row
+    cols = counts.sum(dim=1, dtype=torch.int32)  # (G, W) pixels per column
     sum_y = (rows * torch.arange(h, device=masks.device)).sum(1)  # (G,) exact integer sums
     sum_x = (cols * torch.arange(w, device=masks.device)).sum(1)  # (G,)
     normaliser = rows.sum(1).float().clamp(min=eps)  # (G,)

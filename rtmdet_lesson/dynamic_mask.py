@@ -21,7 +21,7 @@ from rtmdet_lesson.priors import grid_priors
 
 NUM_PROTOTYPES = 8
 MASK_STRIDE = 8  # the prototypes' stride: their grid points are (j * 8, i * 8)
-INSTANCE_CHUNK = 8  # instances per batched product: (8, 8, h*w) floats stay in a CPU's L2 cache at 640
+CHUNK_FLOATS = 8 * 8 * 80 * 80  # activations per batched product, (chunk, 8, h*w): 1.6 MB, a CPU's L2 cache
 DYCONV_CHANNELS = 8
 # (out, in) of the three dynamic 1x1 convs; in of layer 0 = 2 coordinate maps + the prototypes.
 LAYER_SHAPES = ((DYCONV_CHANNELS, NUM_PROTOTYPES + 2), (DYCONV_CHANNELS, DYCONV_CHANNELS), (1, DYCONV_CHANNELS))
@@ -71,8 +71,9 @@ def dynamic_mask_logits(
     A 1x1 conv is a matrix product over channels. Layer 0 needs no (K, 10, h, w) input: its coordinate part is
     affine in the grid point, ``W_xy @ (p - g) / (8 s) = W_xy @ p / (8 s) - W_xy @ g / (8 s)``, so each image's
     8 prototypes, the grid x, the grid y and a row of ones make one (11, h*w) input shared by all its instances,
-    and layer 0 is one matrix product per image. Layers 1 and 2 run as batched products over ``INSTANCE_CHUNK``
-    instances at a time, so that their (chunk, 8, h*w) activations stay in the CPU cache. Chapter 09 times it;
+    and layer 0 is one matrix product per image. Layers 1 and 2 run as batched products over chunks of instances
+    whose (chunk, 8, h*w) activations fit in ``CHUNK_FLOATS`` (8 instances at 640, 32 at 320), so they stay in
+    the CPU cache without paying per-chunk overhead more often than needed. Chapter 09 times it;
     ``tests/test_dynamic_mask.py`` checks it against a per-instance ``F.conv2d`` on the concatenated input.
     """
     b, c, h, w = mask_feats.shape
@@ -93,10 +94,11 @@ def dynamic_mask_logits(
     grid = grid_priors([(h, w)], [MASK_STRIDE], device=mask_feats.device, dtype=dtype)[:, :2]  # (h*w, 2) x, y
     ones = grid.new_ones(h * w, 1)
     logits = mask_feats.new_empty(k, h * w)
+    chunk_size = max(1, CHUNK_FLOATS // (DYCONV_CHANNELS * h * w))
     for image in range(b):
         inputs = torch.cat([mask_feats[image].reshape(c, h * w), grid.T, ones.T])  # (c + 3, h*w)
         members = torch.nonzero(image_index == image).flatten()
-        for chunk in members.split(INSTANCE_CHUNK):
+        for chunk in members.split(chunk_size):
             x = (w0_ext[chunk].reshape(-1, c + 3) @ inputs).reshape(len(chunk), DYCONV_CHANNELS, h * w)  # (n, 8, h*w)
             x = torch.baddbmm(biases[1][chunk, :, None], weights[1][chunk], x.relu_())  # (n, 8, h*w)
             x = torch.baddbmm(biases[2][chunk, :, None], weights[2][chunk], x.relu_())  # (n, 1, h*w)

@@ -62,12 +62,16 @@ class ExpMomentumEMA:
                 "update the EMA with the same model it was built from."
             )
         m = ema_momentum(self.steps, self.momentum, self.gamma)
+        averaged, latest = [], []
         for name, avg in target.items():
             src = source[name].detach().to(avg.device)
             if self.steps == 0 or not avg.dtype.is_floating_point:
                 avg.copy_(src)
             else:
-                avg.lerp_(src.to(avg.dtype), m)  # avg + m * (src - avg) = (1 - m) * avg + m * src
+                averaged.append(avg)
+                latest.append(src.to(avg.dtype))
+        if averaged:  # avg + m * (src - avg) = (1 - m) * avg + m * src, for all tensors in one call
+            torch._foreach_lerp_(averaged, latest, m)
         if not self.update_buffers:
             for avg, src in zip(self.module.buffers(), _unwrap(model).buffers(), strict=True):
                 avg.copy_(src)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from rtmdet_lesson.assigner import DynamicSoftLabelAssigner, center_of_mass
 from rtmdet_lesson.boxes import aligned_giou, box_iou
-from rtmdet_lesson.criterion import compute_losses, flatten_levels
+from rtmdet_lesson.criterion import compute_losses, flatten_levels, upsample_x2
 from rtmdet_lesson.dynamic_mask import dynamic_mask_logits
 from rtmdet_lesson.head import HeadOutput
 from rtmdet_lesson.priors import grid_priors
@@ -170,3 +170,17 @@ def test_model_loss_end_to_end(preset, num_classes):
     total.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("shape", [(5, 40, 40), (3, 24, 40), (1, 1, 7)])
+def test_upsample_x2_is_bilinear_interpolation(shape):
+    """The mask loss's x2 as two matrix products equals F.interpolate (align_corners False), values and gradients."""
+    logits = torch.randn(shape, requires_grad=True)
+    expected = F.interpolate(logits[None], scale_factor=2, mode="bilinear", align_corners=False)[0]
+    got = upsample_x2(logits)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    weights = torch.randn(expected.shape)
+    (grad_expected,) = torch.autograd.grad((expected * weights).sum(), logits)
+    (grad_got,) = torch.autograd.grad((got * weights).sum(), logits)
+    torch.testing.assert_close(grad_got, grad_expected, rtol=1e-5, atol=1e-5)
+    assert upsample_x2(torch.zeros(0, 8, 6)).shape == (0, 16, 12)  # no positives (F.interpolate refuses these)
