@@ -13,10 +13,11 @@ faster. ``speed`` is one switch; each level adds pieces to the one before:
 ``compile`` ``fast`` + ``torch.compile`` (a one-off compile of a minute or more; needs a C++ compiler on CPU)
 ==========  ==================================================================================================
 
-Training: ``prepare_for_training(model, channels_last, amp_dtype)`` sets channels-last memory after the
-stem (the stem's narrow 3/8/16-channel convs train faster in NCHW) and, under CPU bf16 autocast, keeps the
-depthwise 5x5 convs in fp32, whose bf16 backward is slower than fp32's on oneDNN. Weights and state_dict keys
-are unchanged; ``benchmarks/bench_speed.py`` measures each piece.
+Training: ``prepare_for_training(model, channels_last, amp_dtype, single_cls_pass)`` runs the Ins head's cls
+tower once per step (exact, on by default: the BNs still get the second pass's statistics update), sets
+channels-last memory after the stem (the stem's narrow 3/8/16-channel convs train faster in NCHW) and, under
+CPU bf16 autocast, keeps the depthwise 5x5 convs in fp32, whose bf16 backward is slower than fp32's on oneDNN.
+Weights and state_dict keys are unchanged; ``benchmarks/bench_speed.py`` measures each piece.
 """
 
 from __future__ import annotations
@@ -214,12 +215,17 @@ def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
     return tuple(a.contiguous(memory_format=torch.channels_last) for a in args)
 
 
-def prepare_for_training(model: nn.Module, channels_last: bool, amp_dtype: torch.dtype | None) -> nn.Module:
+def prepare_for_training(model: nn.Module, channels_last: bool = False, amp_dtype: torch.dtype | None = None,
+                         single_cls_pass: bool = True) -> nn.Module:
     """Training speed-ups that keep the computation, in place (before the optimizer is built). Chapter 09.
 
-    ``channels_last``: channels-last memory from the backbone's first stage on; the stem and the input stay
-    NCHW (their backward is faster so). Under CPU bf16 autocast: depthwise convs in fp32. Returns the model.
+    ``single_cls_pass``: the Ins head runs its cls tower once and gives the BNs the second pass's statistics
+    update (same outputs, gradients and running statistics as the reference's two passes). ``channels_last``:
+    channels-last memory from the backbone's first stage on; the stem and the input stay NCHW (their backward
+    is faster so). Under CPU bf16 autocast: depthwise convs in fp32. Returns the model.
     """
+    if hasattr(model.head, "single_cls_pass"):
+        model.head.single_cls_pass = single_cls_pass
     device = next(model.parameters()).device
     if channels_last and device.type in ("cpu", "cuda"):
         model.to(memory_format=torch.channels_last)

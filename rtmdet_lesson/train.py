@@ -328,9 +328,8 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
     # input_size: the canvas predict() and evaluate_coco() letterbox onto, kept by the checkpoints
     model = build_model(config.preset, num_classes=len(class_names), class_names=class_names,
                         input_size=config.image_size).to(device)
-    prepare_for_training(model, config.channels_last, amp_dtype)  # channels-last; fp32 depthwise on CPU bf16
-    if hasattr(model.head, "single_cls_pass"):
-        model.head.single_cls_pass = config.single_cls_pass
+    # one cls-tower pass; channels-last; fp32 depthwise convs under CPU bf16 (chapter 09)
+    prepare_for_training(model, config.channels_last, amp_dtype, config.single_cls_pass)
     if info.backend == "nccl":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         _say(info, "SyncBatchNorm: batch statistics are shared across the GPUs")
@@ -566,7 +565,8 @@ _HELP = {
     "eval_interval": "epochs between COCO evaluations on the val split (default: 10; every epoch in stage 2)",
     "save_interval": "epochs between writes of last.pth (default: 1)",
     "seed": "random seed (default: 0)",
-    "workers": "DataLoader worker processes per training process (default: 2)",
+    "workers": "DataLoader worker processes per training process; on a CPU with few cores 0 can be faster, as "
+               "workers compete with the training threads (chapter 09) (default: 2)",
     "amp": "mixed precision: off, fp16 (CUDA) or bf16 (CUDA, or a CPU with AMX) (default: off)",
     "channels_last": "channels-last (NHWC) memory from the first backbone stage on (default: off)",
     "single_cls_pass": "Ins head: run the cls tower once and reuse it for boxes where the reference runs it twice; "

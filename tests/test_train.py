@@ -74,6 +74,7 @@ def test_short_run_learns_eight_images(sprites, tmp_path):
         assert last < 0.5 * first, (key, first, last)
     assert rows[0]["num_pos"] > 0
     assert summary["metrics"]["bbox_AP"] > 0.5, summary["metrics"]
+    assert summary["train_model"].head.single_cls_pass  # the default: one cls-tower pass (chapter 09)
 
     # the exported checkpoint: fp16 EMA weights that load back with D's loader and give the same AP
     exported = load_checkpoint(summary["final"])
@@ -260,13 +261,15 @@ def test_command_line_overrides_every_setting():
     parser = add_train_arguments(argparse.ArgumentParser())
     args = parser.parse_args(["rtmdet-ins-tiny", "--images", "imgs", "--annotations", "a.json", "--epochs", "3",
                               "--batch-size", "2", "--lr", "0.01", "--image-size", "256", "--no-mosaic", "--bf16",
-                              "--workers", "0", "--seed", "7", "--augment", "flip", "--no-export-half"])
+                              "--workers", "0", "--seed", "7", "--augment", "flip", "--no-export-half",
+                              "--no-single-cls-pass"])
     config = config_from_args(args)
     assert (config.preset, config.data, config.train_images, config.train_annotations) == (
         "rtmdet-ins-tiny", None, "imgs", "a.json")
     assert (config.epochs, config.batch_size, config.lr, config.image_size) == (3, 2, 0.01, 256)
     assert (config.mosaic, config.mixup, config.amp, config.workers, config.seed) == (False, True, "bf16", 0, 7)
     assert (config.augment, config.export_half, config.out) == ("flip", False, "runs/rtmdet-ins-tiny")
+    assert not config.single_cls_pass
     default = config_from_args(parser.parse_args([]))
     assert default == TrainConfig(out="runs/course-sprites")
     settable = {action.dest for action in parser._actions}
