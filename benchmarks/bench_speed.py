@@ -1,18 +1,23 @@
 """Speed of the plain fp32 path and of the fast path, per preset: the README's table (chapter 09).
 
-    python benchmarks/bench_speed.py [--runs 7] [--train-iters 8] [--workers 1] [--pieces] [--compile]
+    python benchmarks/bench_speed.py [--runs 7] [--train-iters 12] [--workers 0] [--pieces] [--compile]
 
-Per preset (course-sprites at 320, RTMDet-Ins-tiny and -s at 640) and mode (``plain``: the model as built, fp32,
-the training loop's defaults; ``fast``: ``optimize_for_inference(model, "fast")`` and ``train --fast``):
+Per preset (course-sprites at 320, RTMDet-Ins-tiny and -s at 640) and mode (``plain``: the model as built and
+the reference's training computation, fp32; ``fast``: ``optimize_for_inference(model, "fast")`` and
+``train --fast``):
 
-- forward ms: ``model(x)`` on one letterboxed image, batch 1, median of ``--runs``;
+- forward ms: ``model(x)`` on one letterboxed image, batch 1, median of 2 x ``--runs``, timed in turn with
+  predict (``interleaved_median_ms``);
 - predict ms: ``predict`` on a 480x640 uint8 image (240x320 for the 320 preset) with 100 instances kept:
   letterbox, normalise, forward, candidates, NMS, dynamic masks and their resizing to the image;
 - predict MiB: peak memory of one predict above what the process held before it (CPU: resident set,
   measured in a fresh process, see ``probe_memory``; CUDA: allocated tensors);
-- train img/s: ``rtmdet_lesson.train`` itself on the sprites train split (data loading, augmentation,
-  forward, losses, backward, AdamW, EMA), images per second over ``--train-iters`` iterations after 3 warm-up
-  ones; train MiB: peak memory of 3 iterations (model, optimizer and EMA included; workers=0).
+- train img/s: ``rtmdet_lesson.train`` itself on the sprites train split (data loading in ``--workers``
+  processes, default 0: in the training process; augmentation, forward, losses, backward, AdamW, EMA),
+  images per second from the median iteration time of
+  ``--train-iters`` iterations after 3 warm-up ones; train MiB: peak memory of 3 iterations (model, optimizer
+  and EMA included; workers=0). ``plain`` trains as the reference computes (fp32, NCHW, the Ins head's cls
+  tower run twice); ``fast`` is ``train --fast`` (bf16, channels-last, the cls tower once).
 
 The models are randomly initialised but made busy as trained ones: BN statistics calibrated on the input,
 classifier bias 0 (every prior scores about 0.5, so NMS keeps ``max_per_img`` = 100), and a mask kernel giving
@@ -74,6 +79,20 @@ def median_ms(fn, runs: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
+
+
+def interleaved_median_ms(fns: list, runs: int) -> list[float]:
+    """Median ms of each function, timed in turn within every run, so that a slow phase of the machine hits all
+    of them alike and their ratio holds (timing one for all runs, then the next, lets drift into the ratio)."""
+    for fn in fns:
+        fn()  # warm-up
+    times = [[] for _ in fns]
+    for _ in range(runs):
+        for fn, spent in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return [1000 * statistics.median(spent) for spent in times]
 
 
 def _rss_kib(field: str) -> int:
@@ -188,20 +207,24 @@ def sprites_root(tmp: Path) -> Path:
 
 
 def training_settings(mode: str) -> dict:
-    """The ``TrainConfig`` settings of a mode: ``plain`` (the defaults) or ``fast`` (what ``train --fast`` sets)."""
-    plain = {"amp": "off", "channels_last": False}
-    return plain if mode == "plain" else {**plain, **fast_training_settings(torch.device("cpu"))}
+    """The ``TrainConfig`` settings of a mode: ``plain``, the reference's loop in fp32 (NCHW, the Ins head's cls
+    tower run twice), or ``fast``, the defaults (one cls pass) plus what ``train --fast`` sets."""
+    plain = {"amp": "off", "channels_last": False, "single_cls_pass": False}
+    fast = {"single_cls_pass": True, **fast_training_settings(torch.device("cpu"))}
+    return plain if mode == "plain" else {**plain, **fast}
 
 
 def train_throughput(preset: str, size: int, batch: int, settings: dict, iters: int, workers: int, data: Path,
                      tmp: Path) -> float:
-    """Images per second of ``rtmdet_lesson.train`` after 3 warm-up iterations (``iters=0``: 3 iterations, 0)."""
+    """Images per second of ``rtmdet_lesson.train``: the batch over the median time between consecutive
+    iterations, after 3 warm-up ones (a median, so that a moment of interference does not move it); ``iters=0``
+    runs the 3 iterations and gives 0."""
     config = TrainConfig(preset=preset, data=str(data), out=str(tmp / preset), image_size=size, epochs=100,
                          batch_size=batch, warmup_iters=10, mosaic=False, mixup=False, workers=workers,
                          progress=False, **settings)
     stamps = []
     train(config, max_iters=3 + iters, on_step=lambda record: stamps.append(time.perf_counter()))
-    return batch * iters / (stamps[-1] - stamps[2]) if iters else 0.0
+    return batch / statistics.median(np.diff(stamps[2:])) if iters else 0.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -258,8 +281,8 @@ def main_table(args, data: Path, tmp: Path) -> None:
         for mode in modes:
             net = model if mode == "plain" else optimize_for_inference(model, "fast")
             with torch.inference_mode():
-                forward = median_ms(lambda net=net, x=x: net(x), args.runs)
-                predict = median_ms(lambda net=net, image=image: net.predict(image), args.runs)
+                forward, predict = interleaved_median_ms(
+                    [lambda net=net, x=x: net(x), lambda net=net, image=image: net.predict(image)], 2 * args.runs)
                 found = net.predict(image)[0]
             predict_mib = probe_memory("predict", preset, mode, str(data))
             img_s, train_mib = float("nan"), float("nan")
@@ -314,18 +337,22 @@ def pieces_table(args, data: Path, tmp: Path) -> None:
     print(f"\n# training pieces: {preset}, {size}x{size}, batch {batch}, img/s of the real loop "
           f"({args.train_iters} iterations after 3)")
     print(f"{'training':<44}{'img/s':>8}{'x plain':>9}")
-    rows = [("plain fp32", "off", False, False), ("channels-last", "off", True, False),
-            ("bf16 autocast (depthwise in fp32)", "bf16", False, True),
-            ("bf16 autocast, depthwise in bf16 too", "bf16", False, False),
-            ("fast = bf16 + channels-last", "bf16", True, True)]
+    plain = training_settings("plain")
+    rows = [("plain: the reference loop in fp32", plain, True),
+            ("cls tower once (the default)", {**plain, "single_cls_pass": True}, True),
+            ("channels-last", {**plain, "channels_last": True}, True),
+            ("bf16 autocast (depthwise in fp32)", {**plain, "amp": "bf16"}, True),
+            ("bf16 autocast, depthwise in bf16 too", {**plain, "amp": "bf16"}, False),
+            ("fast = once + bf16 + channels-last", training_settings("fast"), True)]
     plain_rate = None
-    for label, amp, channels_last, fp32_depthwise in rows:
+    for label, settings, fp32_depthwise in rows + [(f"fast, {args.workers + 1} DataLoader worker(s)", None, True)]:
+        workers = args.workers + 1 if settings is None else args.workers  # the last row: one worker more
+        settings = settings or training_settings("fast")
         keep = speed_module.DepthwiseConvFp32.forward
         if not fp32_depthwise:  # measure what the fp32 depthwise convs buy by switching them back
             speed_module.DepthwiseConvFp32.forward = torch.nn.Conv2d.forward
         try:
-            rate = train_throughput(preset, size, batch, dict(amp=amp, channels_last=channels_last),
-                                    args.train_iters, args.workers, data, tmp)
+            rate = train_throughput(preset, size, batch, settings, args.train_iters, workers, data, tmp)
         finally:
             speed_module.DepthwiseConvFp32.forward = keep
         plain_rate = plain_rate or rate
@@ -375,8 +402,10 @@ def main() -> None:
         return probe(*sys.argv[2:6])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="timed runs per forward/predict median (default 7)")
-    parser.add_argument("--train-iters", type=int, default=8, help="timed training iterations (0: skip training)")
-    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers in the training rows (default 1)")
+    parser.add_argument("--train-iters", type=int, default=12, help="timed training iterations (0: skip training)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="DataLoader workers in the training rows (default 0: on a 2-core machine a worker "
+                             "process competes with the training threads and slows both modes)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--only", default=None, help="only the presets whose name contains this")
     parser.add_argument("--pieces", action="store_true", help="also time each speed-up on its own")
