@@ -337,17 +337,16 @@ def pieces_table(args, data: Path, tmp: Path) -> None:
     print(f"\n# training pieces: {preset}, {size}x{size}, batch {batch}, img/s of the real loop "
           f"({args.train_iters} iterations after 3)")
     print(f"{'training':<44}{'img/s':>8}{'x plain':>9}")
-    plain = training_settings("plain")
-    rows = [("plain: the reference loop in fp32", plain, True),
-            ("cls tower once (the default)", {**plain, "single_cls_pass": True}, True),
-            ("channels-last", {**plain, "channels_last": True}, True),
-            ("bf16 autocast (depthwise in fp32)", {**plain, "amp": "bf16"}, True),
-            ("bf16 autocast, depthwise in bf16 too", {**plain, "amp": "bf16"}, False),
-            ("fast = once + bf16 + channels-last", training_settings("fast"), True)]
+    plain, fast, workers = training_settings("plain"), training_settings("fast"), args.workers
+    rows = [("plain: the reference loop in fp32", plain, True, workers),  # (label, settings, fp32 depthwise, workers)
+            ("cls tower once (the default)", {**plain, "single_cls_pass": True}, True, workers),
+            ("channels-last", {**plain, "channels_last": True}, True, workers),
+            ("bf16 autocast (depthwise in fp32)", {**plain, "amp": "bf16"}, True, workers),
+            ("bf16 autocast, depthwise in bf16 too", {**plain, "amp": "bf16"}, False, workers),
+            ("fast = once + bf16 + channels-last", fast, True, workers),
+            (f"fast, {workers + 1} DataLoader worker(s)", fast, True, workers + 1)]
     plain_rate = None
-    for label, settings, fp32_depthwise in rows + [(f"fast, {args.workers + 1} DataLoader worker(s)", None, True)]:
-        workers = args.workers + 1 if settings is None else args.workers  # the last row: one worker more
-        settings = settings or training_settings("fast")
+    for label, settings, fp32_depthwise, workers in rows:
         keep = speed_module.DepthwiseConvFp32.forward
         if not fp32_depthwise:  # measure what the fp32 depthwise convs buy by switching them back
             speed_module.DepthwiseConvFp32.forward = torch.nn.Conv2d.forward
