@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtmdet_lesson.blocks import BN_EPS, BN_MOMENTUM, ConvBNAct
+from rtmdet_lesson.blocks import BN_EPS, BN_MOMENTUM, ConvBNAct, cat_channels, silu
 from rtmdet_lesson.dynamic_mask import NUM_DYNAMIC_PARAMS, NUM_PROTOTYPES
 
 PRIOR_PROB = 0.01  # initial foreground probability of the classifier
@@ -72,7 +72,7 @@ class SharedConvTower(nn.Module):
     def forward(self, x: torch.Tensor, level: int, stat_updates: int = 1) -> torch.Tensor:
         """``stat_updates``: in training, update the BN running statistics as if this pass ran that many times."""
         for conv, norm in zip(self.convs, self.norms[level], strict=True):
-            x = F.silu(_batch_norm_counted(norm, conv(x), stat_updates), inplace=True)
+            x = silu(_batch_norm_counted(norm, conv(x), stat_updates))
         return x
 
 
@@ -174,7 +174,7 @@ class MaskFeatModule(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         size = feats[0].shape[-2:]
         resized = [feats[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats[1:]]
-        x = self.fusion_conv(torch.cat(resized, dim=1))  # (B, feat, H/8, W/8)
+        x = self.fusion_conv(cat_channels(resized))  # (B, feat, H/8, W/8)
         return self.projection(self.stacked_convs(x))  # (B, 8, H/8, W/8)
 
 

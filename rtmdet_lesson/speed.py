@@ -211,8 +211,25 @@ class DepthwiseConvFp32(nn.Conv2d):
             return super().forward(x.float())
 
 
+class ToChannelsLast(torch.autograd.Function):
+    """Identity that stores its output channels-last and hands back an NCHW gradient (chapter 09).
+
+    ``x.contiguous(memory_format=torch.channels_last)`` would pass the channels-last gradient on as is, and the
+    NCHW layers before it (the stem) then mix layouts in their SiLU and BN backward, several times slower than
+    one copy here.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
-    return tuple(a.contiguous(memory_format=torch.channels_last) for a in args)
+    return tuple(ToChannelsLast.apply(a) for a in args)
 
 
 def prepare_for_training(model: nn.Module, channels_last: bool = False, amp_dtype: torch.dtype | None = None,

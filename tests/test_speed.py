@@ -17,6 +17,7 @@ from rtmdet_lesson.speed import (
     DepthwiseConvFp32,
     InferenceModel,
     SpeedOptions,
+    ToChannelsLast,
     fold_batchnorm,
     fold_conv_bn,
     optimize_for_inference,
@@ -214,6 +215,15 @@ def test_prepare_for_training_keeps_keys_and_the_fp32_computation():
         (loss["loss_cls"] + loss["loss_bbox"] + loss["loss_mask"]).backward()
     for (name, a), b in zip(plain.named_parameters(), prepared.parameters(), strict=True):
         assert float((b.grad - a.grad).norm() / a.grad.norm().clamp(min=1e-12)) < 1e-3, name
+
+
+def test_the_layout_switch_hands_back_an_nchw_gradient():
+    x = torch.randn(2, 4, 6, 5, requires_grad=True)
+    y = ToChannelsLast.apply(x)
+    assert torch.equal(y, x) and y.is_contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(2, 4, 6, 5).contiguous(memory_format=torch.channels_last)
+    y.backward(upstream)
+    assert torch.equal(x.grad, upstream) and x.grad.is_contiguous()  # the NCHW stem gets an NCHW gradient
 
 
 def test_prepare_for_training_keeps_depthwise_convs_fp32_under_cpu_bf16():
