@@ -146,3 +146,18 @@ def test_silu_works_in_place_only_without_autograd():
     assert out is not y and torch.equal(out, F.silu(y))  # out of place: autograd needs no copy of y
     out.sum().backward()
     torch.testing.assert_close(leaf.grad, torch.sigmoid(leaf) * (1 + leaf * (1 - torch.sigmoid(leaf))))
+
+
+def test_channel_attention_gradient_equals_autograds_and_keeps_channels_last():
+    torch.manual_seed(0)
+    attention = ChannelAttention(6)
+    x = torch.randn(2, 6, 5, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
+    upstream = torch.randn(2, 6, 5, 7)
+    attention(x).backward(upstream)
+    reference = x.detach().clone().requires_grad_()
+    pooled = reference.mean(dim=(2, 3), keepdim=True)  # the textbook pool, autograd's own backward
+    (reference * attention.act(attention.fc(pooled))).backward(upstream)
+    torch.testing.assert_close(x.grad, reference.grad, rtol=1e-6, atol=1e-7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attention(x.detach().to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_())
+    assert y.dtype == torch.bfloat16
