@@ -1,6 +1,7 @@
 """Speed of the plain fp32 path and of the fast path, per preset: the README's table (chapter 09).
 
-    python benchmarks/bench_speed.py [--runs 7] [--train-iters 12] [--workers 0] [--pieces] [--compile]
+    python benchmarks/bench_speed.py [--runs 7] [--train-iters 12] [--train-rounds 3] [--workers 0] [--pieces]
+                                     [--compile]
 
 Per preset (course-sprites at 320, RTMDet-Ins-tiny and -s at 640) and mode (``plain``: the model as built and
 the reference's training computation, fp32; ``fast``: ``optimize_for_inference(model, "fast")`` and
@@ -14,10 +15,11 @@ the reference's training computation, fp32; ``fast``: ``optimize_for_inference(m
   measured in a fresh process, see ``probe_memory``; CUDA: allocated tensors);
 - train img/s: ``rtmdet_lesson.train`` itself on the sprites train split (data loading in ``--workers``
   processes, default 0: in the training process; augmentation, forward, losses, backward, AdamW, EMA),
-  images per second from the median iteration time of
-  ``--train-iters`` iterations after 3 warm-up ones; train MiB: peak memory of 3 iterations (model, optimizer
-  and EMA included; workers=0). ``plain`` trains as the reference computes (fp32, NCHW, the Ins head's cls
-  tower run twice); ``fast`` is ``train --fast`` (bf16, channels-last, the cls tower once).
+  images per second from the median iteration time of ``--train-iters`` iterations, run in ``--train-rounds``
+  rounds in which plain and fast take turns (3 warm-up iterations each), so that a slow spell of a shared
+  machine does not fall on one mode only; train MiB: peak memory of 3 iterations (model, optimizer and EMA
+  included; workers=0). ``plain`` trains as the reference computes (fp32, NCHW, the Ins head's cls tower run
+  twice); ``fast`` is ``train --fast`` (bf16, channels-last, the cls tower once).
 
 The models are randomly initialised but made busy as trained ones: BN statistics calibrated on the input,
 classifier bias 0 (every prior scores about 0.5, so NMS keeps ``max_per_img`` = 100), and a mask kernel giving
@@ -214,17 +216,29 @@ def training_settings(mode: str) -> dict:
     return plain if mode == "plain" else {**plain, **fast}
 
 
-def train_throughput(preset: str, size: int, batch: int, settings: dict, iters: int, workers: int, data: Path,
-                     tmp: Path) -> float:
-    """Images per second of ``rtmdet_lesson.train``: the batch over the median time between consecutive
-    iterations, after 3 warm-up ones (a median, so that a moment of interference does not move it); ``iters=0``
-    runs the 3 iterations and gives 0."""
+def iteration_seconds(preset: str, size: int, batch: int, settings: dict, iters: int, workers: int, data: Path,
+                      tmp: Path) -> list[float]:
+    """Seconds of ``iters`` iterations of ``rtmdet_lesson.train`` (time between consecutive iterations), after 3
+    warm-up ones; ``iters=0`` runs the 3 warm-up iterations and gives []."""
     config = TrainConfig(preset=preset, data=str(data), out=str(tmp / preset), image_size=size, epochs=100,
                          batch_size=batch, warmup_iters=10, mosaic=False, mixup=False, workers=workers,
                          progress=False, **settings)
     stamps = []
     train(config, max_iters=3 + iters, on_step=lambda record: stamps.append(time.perf_counter()))
-    return batch / statistics.median(np.diff(stamps[2:])) if iters else 0.0
+    return list(np.diff(stamps[2:])) if iters else []
+
+
+def train_rates(preset: str, size: int, batch: int, settings: list[dict], iters: int, rounds: int, workers: int,
+                data: Path, tmp: Path) -> list[float]:
+    """Images per second of each of ``settings``: the batch over the median iteration time. The settings take
+    turns in ``rounds`` rounds of ``iters / rounds`` iterations each, so that a slow spell of a shared machine
+    falls on all of them rather than on one (a median, so that a moment of interference does not move it)."""
+    per_round = max(1, -(-iters // rounds))  # ceil
+    seconds = [[] for _ in settings]
+    for _ in range(rounds):
+        for times, setting in zip(seconds, settings, strict=True):
+            times += iteration_seconds(preset, size, batch, setting, per_round, workers, data, tmp)
+    return [batch / statistics.median(times) for times in seconds]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -278,18 +292,18 @@ def main_table(args, data: Path, tmp: Path) -> None:
         image = sample_image(image_shape)
         x = canvas_input(image, size)
         model = busy_model(preset, x)
-        for mode in modes:
+        rates = [float("nan")] * len(modes)
+        if args.train_iters:
+            rates = train_rates(preset, size, batch, [training_settings(m) for m in modes], args.train_iters,
+                                args.train_rounds, args.workers, data, tmp)
+        for mode, img_s in zip(modes, rates, strict=True):
             net = model if mode == "plain" else optimize_for_inference(model, "fast")
             with torch.inference_mode():
                 forward, predict = interleaved_median_ms(
                     [lambda net=net, x=x: net(x), lambda net=net, image=image: net.predict(image)], 2 * args.runs)
                 found = net.predict(image)[0]
             predict_mib = probe_memory("predict", preset, mode, str(data))
-            img_s, train_mib = float("nan"), float("nan")
-            if args.train_iters:
-                img_s = train_throughput(preset, size, batch, training_settings(mode), args.train_iters, args.workers,
-                                         data, tmp)
-                train_mib = probe_memory("train", preset, mode, str(data))
+            train_mib = probe_memory("train", preset, mode, str(data)) if args.train_iters else float("nan")
             print(f"{preset:<17}{size:>7}{mode:>6}{forward:>12.1f}{predict:>12.1f}{len(found):>10d}"
                   f"{predict_mib:>13.0f}{batch:>12d}{img_s:>12.1f}{train_mib:>11.0f}", flush=True)
 
@@ -351,7 +365,7 @@ def pieces_table(args, data: Path, tmp: Path) -> None:
         if not fp32_depthwise:  # measure what the fp32 depthwise convs buy by switching them back
             speed_module.DepthwiseConvFp32.forward = torch.nn.Conv2d.forward
         try:
-            rate = train_throughput(preset, size, batch, settings, args.train_iters, workers, data, tmp)
+            rate, = train_rates(preset, size, batch, [settings], args.train_iters, 1, workers, data, tmp)
         finally:
             speed_module.DepthwiseConvFp32.forward = keep
         plain_rate = plain_rate or rate
@@ -393,7 +407,7 @@ def probe(what: str, preset: str, mode: str, data: str) -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="bench_speed_probe_") as tmp:
             settings = training_settings(mode)
-            print(peak_mib(lambda: train_throughput(preset, size, batch, settings, 0, 0, Path(data), Path(tmp))))
+            print(peak_mib(lambda: iteration_seconds(preset, size, batch, settings, 0, 0, Path(data), Path(tmp))))
 
 
 def main() -> None:
@@ -401,7 +415,10 @@ def main() -> None:
         return probe(*sys.argv[2:6])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="timed runs per forward/predict median (default 7)")
-    parser.add_argument("--train-iters", type=int, default=12, help="timed training iterations (0: skip training)")
+    parser.add_argument("--train-iters", type=int, default=12,
+                        help="timed training iterations per mode (0: skip training)")
+    parser.add_argument("--train-rounds", type=int, default=3,
+                        help="rounds in which the modes take turns training (default 3)")
     parser.add_argument("--workers", type=int, default=0,
                         help="DataLoader workers in the training rows (default 0: on a 2-core machine a worker "
                              "process competes with the training threads and slows both modes)")
