@@ -327,6 +327,22 @@ def test_hsv_zero_shift_is_the_identity_and_hue_matches_colorsys():
         torch.testing.assert_close(hsv[:, y, x].double(), torch.tensor([h * 180, s * 255, v * 255]).double())
 
 
+def test_hsv_round_trip_is_exact_for_every_colour():
+    """``hsv_shift`` returns a zero shift's image without converting; this is why that is the same answer."""
+    for red in range(0, 256, 32):  # 8 chunks of 32 x 256 x 256 colours
+        rgb = torch.stack(torch.meshgrid(torch.arange(red, red + 32), torch.arange(256), torch.arange(256),
+                                         indexing="ij")).reshape(3, 32 * 256, 256).to(torch.uint8)
+        assert torch.equal(T.hsv_to_rgb(T.rgb_to_hsv(rgb)), rgb), red
+
+
+def test_a_shift_moves_grey_by_value_only_and_colours_by_hand_values():
+    grey = torch.full((3, 1, 1), 100, dtype=torch.uint8)
+    assert T.hsv_shift(grey, 5, 0, 20)[:, 0, 0].tolist() == [120, 120, 120]  # hue means nothing without chroma
+    blue = torch.tensor([0, 0, 200], dtype=torch.uint8).view(3, 1, 1)  # H 120 (240 degrees), S 255, V 200
+    assert T.hsv_shift(blue, 0, -51, 0)[:, 0, 0].tolist() == [40, 40, 200]  # S 204: min = V (1 - 204/255)
+    assert T.hsv_shift(blue, 30, 0, 0)[:, 0, 0].tolist() == [200, 0, 200]  # H 150 (300 degrees): magenta
+
+
 def test_hue_wraps_and_saturation_value_clip():
     red = torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1)
     assert T.rgb_to_hsv(red)[0].item() == 0

@@ -184,7 +184,7 @@ class CocoInstanceDataset:
                 f"image {path} is {array.shape[0]}x{array.shape[1]} (HxW) but {self.annotation_file} says "
                 f"{info['height']}x{info['width']}; the annotations belong to another version of the image"
             )
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (3, H, W)
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # (3, H, W); numpy's copy is faster
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         image = self.load_image(index)

@@ -269,35 +269,36 @@ def rgb_to_hsv(image: torch.Tensor) -> torch.Tensor:
     r, g, b = x  # each (H, W)
     v = x.amax(dim=0)
     chroma = v - x.amin(dim=0)
-    s = torch.where(v > 0, 255 * chroma / v.clamp(min=1e-6), torch.zeros_like(v))
+    s = 255 * chroma / v.clamp(min=1e-6)  # 0 where v = 0, since chroma is 0 there too
     c = chroma.clamp(min=1e-6)
     sextant = torch.where(v == r, (g - b) / c, torch.where(v == g, (b - r) / c + 2, (r - g) / c + 4))
-    h = torch.where(chroma > 0, torch.remainder(sextant, 6) * 30, torch.zeros_like(v))  # 60 degrees = 30 units
+    h = torch.remainder(sextant, 6) * 30  # 60 degrees = 30 units; 0 for greys (chroma 0: every difference is 0)
     return torch.stack([h, s, v])  # (3, H, W)
 
 
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     """Float HSV (3, H, W) in OpenCV 8-bit units -> uint8 RGB (3, H, W), rounded. Chapter 07 builds this."""
-    h, s, v = hsv
-    sextant = h / 30  # (H, W) in [0, 6)
-    sat = s / 255
+    return _hsv_to_rgb(*hsv)
 
-    def channel(n: int) -> torch.Tensor:
-        k = torch.remainder(n + sextant, 6)
-        return v - v * sat * torch.minimum(k, 4 - k).clamp(0, 1)
 
-    rgb = torch.stack([channel(5), channel(3), channel(1)])  # (3, H, W)
+def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``hsv_to_rgb`` of the three (H, W) planes; the channels R, G, B (n = 5, 3, 1) computed as one tensor."""
+    n = torch.tensor([5.0, 3.0, 1.0], device=h.device)[:, None, None]  # (3, 1, 1)
+    k = torch.remainder(n + h / 30, 6)  # (3, H, W); h / 30 is the sextant, in [0, 6)
+    rgb = v - v * (s / 255) * torch.minimum(k, 4 - k).clamp(0, 1)  # (3, H, W)
     return rgb.round().clamp(0, 255).to(torch.uint8)
 
 
 def hsv_shift(image: torch.Tensor, hue: float, saturation: float, value: float) -> torch.Tensor:
     """Shift a uint8 RGB image in OpenCV HSV units: hue wraps mod 180, saturation and value clip to [0, 255].
 
+    A zero shift returns a copy of the image (the round trip is exact, ``tests/test_transforms.py``).
     Chapter 07 builds this.
     """
+    if hue == saturation == value == 0:
+        return image.clone()
     h, s, v = rgb_to_hsv(image)
-    hsv = torch.stack([torch.remainder(h + hue, 180), (s + saturation).clamp(0, 255), (v + value).clamp(0, 255)])
-    return hsv_to_rgb(hsv)
+    return _hsv_to_rgb(torch.remainder(h + hue, 180), (s + saturation).clamp(0, 255), (v + value).clamp(0, 255))
 
 
 # ---------------------------------------------------------------------------------------------------------------
