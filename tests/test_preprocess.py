@@ -48,3 +48,12 @@ def test_normalize_flips_to_bgr_and_uses_the_reference_statistics():
     torch.testing.assert_close(out, torch.tensor(expected))
     assert normalize(torch.zeros(2, 3, 4, 4, dtype=torch.uint8)).dtype == torch.float32
     assert normalize(torch.zeros(1, 3, 2, 2, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_normalize_works_on_its_own_copy():
+    images = torch.rand(2, 3, 4, 5) * 255
+    before = images.clone()
+    out = normalize(images)
+    assert torch.equal(images, before)  # the caller's batch is untouched
+    expected = (before.flip(1) - torch.tensor(MEAN_BGR).view(1, 3, 1, 1)) / torch.tensor(STD_BGR).view(1, 3, 1, 1)
+    assert torch.equal(out, expected)
