@@ -71,7 +71,7 @@ def dynamic_mask_logits(
     A 1x1 conv is a matrix product over channels. Layer 0 needs no (K, 10, h, w) input: its coordinate part is
     affine in the grid point, ``W_xy @ (p - g) / (8 s) = W_xy @ p / (8 s) - W_xy @ g / (8 s)``, so each image's
     8 prototypes, the grid x, the grid y and a row of ones make one (11, h*w) input shared by all its instances,
-    and layer 0 is one matrix product per image. Layers 1 and 2 run as batched products over chunks of instances
+    and layer 0 is a plain matrix product with it. Layers 1 and 2 run as batched products over chunks of instances
     whose (chunk, 8, h*w) activations fit in ``CHUNK_FLOATS`` (8 instances at 640, 32 at 320), so they stay in
     the CPU cache without paying per-chunk overhead more often than needed. Chapter 09 times it;
     ``tests/test_dynamic_mask.py`` checks it against a per-instance ``F.conv2d`` on the concatenated input.
@@ -93,14 +93,32 @@ def dynamic_mask_logits(
     w0_ext = torch.cat([w0[:, :, 2:], -w0[:, :, :2] / scale[:, :, None], (biases[0] + offset)[:, :, None]], dim=2)
     grid = grid_priors([(h, w)], [MASK_STRIDE], device=mask_feats.device, dtype=dtype)[:, :2]  # (h*w, 2) x, y
     ones = grid.new_ones(h * w, 1)
-    logits = mask_feats.new_empty(k, h * w)
+    if k == 0:
+        return mask_feats.new_zeros(0, h, w)
+    # Instances sorted by image (the criterion's already are), so each image's chunks are consecutive rows and
+    # every parameter tensor is cut with one split, whose backward is one concatenation.
+    order = torch.argsort(image_index, stable=True)
+    in_order = bool((image_index[1:] >= image_index[:-1]).all())
+    params = [w0_ext, weights[1], biases[1], weights[2], biases[2]]
+    if not in_order:
+        params = [p[order] for p in params]
     chunk_size = max(1, CHUNK_FLOATS // (DYCONV_CHANNELS * h * w))
-    for image in range(b):
-        inputs = torch.cat([mask_feats[image].reshape(c, h * w), grid.T, ones.T])  # (c + 3, h*w)
-        members = torch.nonzero(image_index == image).flatten()
-        for chunk in members.split(chunk_size):
-            x = (w0_ext[chunk].reshape(-1, c + 3) @ inputs).reshape(len(chunk), DYCONV_CHANNELS, h * w)  # (n, 8, h*w)
-            x = torch.baddbmm(biases[1][chunk, :, None], weights[1][chunk], x.relu_())  # (n, 8, h*w)
-            x = torch.baddbmm(biases[2][chunk, :, None], weights[2][chunk], x.relu_())  # (n, 1, h*w)
-            logits[chunk] = x[:, 0].to(logits.dtype)  # under autocast the products ran in bf16
+    sizes, owners = [], []  # rows per chunk, and the image each chunk belongs to
+    for image, count in enumerate(torch.bincount(image_index, minlength=b).tolist()):
+        for start in range(0, count, chunk_size):
+            sizes.append(min(chunk_size, count - start))
+            owners.append(image)
+    inputs = {}  # image -> (c + 3, h*w): its prototypes, the grid x, the grid y, ones
+    chunks = []
+    for image, w0, w1, b1, w2, b2 in zip(owners, *[p.split(sizes) for p in params], strict=True):
+        if image not in inputs:
+            inputs[image] = torch.cat([mask_feats[image].reshape(c, h * w), grid.T, ones.T])
+        n = len(w0)
+        x = (w0.reshape(-1, c + 3) @ inputs[image]).reshape(n, DYCONV_CHANNELS, h * w)  # (n, 8, h*w)
+        x = torch.baddbmm(b1[:, :, None], w1, x.relu_())  # (n, 8, h*w)
+        x = torch.baddbmm(b2[:, :, None], w2, x.relu_())  # (n, 1, h*w)
+        chunks.append(x[:, 0])
+    logits = torch.cat(chunks).to(dtype)  # (K, h*w); under autocast the products ran in bf16
+    if not in_order:
+        logits = logits[torch.argsort(order)]  # back to the callers' order
     return logits.reshape(k, h, w)  # (K, h, w)

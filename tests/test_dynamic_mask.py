@@ -91,3 +91,25 @@ def test_mismatched_instances_rejected():
     mask_feats, kernels, priors, image_index = _inputs()
     with pytest.raises(ValueError, match="same K instances"):
         dynamic_mask_logits(mask_feats, kernels, priors[:3], image_index)
+
+
+@pytest.mark.parametrize("sort", [False, True])
+def test_chunks_and_order_give_the_loops_values_and_gradients(monkeypatch, sort):
+    """Chunks of 3 instances (forced) over 3 images; instances in random or sorted image order, one image empty."""
+    import rtmdet_lesson.dynamic_mask as dm
+
+    monkeypatch.setattr(dm, "CHUNK_FLOATS", 3 * 8 * 6 * 7)
+    mask_feats, kernels, priors, _ = _inputs(k=11, b=4)
+    image_index = torch.tensor([2, 0, 3, 0, 3, 3, 0, 3, 2, 0, 3])  # image 1 has none
+    if sort:
+        image_index = image_index.sort().values
+    got_leaves = [mask_feats.clone().requires_grad_(), kernels.clone().requires_grad_()]
+    ref_leaves = [mask_feats.clone().requires_grad_(), kernels.clone().requires_grad_()]
+    got = dynamic_mask_logits(got_leaves[0], got_leaves[1], priors, image_index)
+    ref = _loop_reference(ref_leaves[0], ref_leaves[1], priors, image_index)
+    torch.testing.assert_close(got, ref)
+    upstream = torch.randn(got.shape, generator=torch.Generator().manual_seed(1))
+    got.backward(upstream)
+    ref.backward(upstream)
+    for a, b in zip(got_leaves, ref_leaves, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
