@@ -15,10 +15,10 @@ the reference's training computation, fp32; ``fast``: ``optimize_for_inference(m
   measured in a fresh process, see ``probe_memory``; CUDA: allocated tensors);
 - train img/s: ``rtmdet_lesson.train`` itself on the sprites train split (data loading in ``--workers``
   processes, default 0: in the training process; augmentation, forward, losses, backward, AdamW, EMA),
-  images per second from the median iteration time of ``--train-iters`` iterations, run in ``--train-rounds``
-  rounds in which plain and fast take turns (3 warm-up iterations each), so that a slow spell of a shared
-  machine does not fall on one mode only; train MiB: peak memory of 3 iterations (model, optimizer and EMA
-  included; workers=0). ``plain`` trains as the reference computes (fp32, NCHW, the Ins head's cls tower run
+  images per second from the median iteration time of ``--train-iters`` iterations (three times as many for
+  the course preset, whose steps are short), run in ``--train-rounds`` rounds in which plain and fast take
+  turns (3 warm-up iterations each), so that a slow spell of a shared machine does not fall on one mode only;
+  train MiB: peak memory of 3 iterations (model, optimizer and EMA included; workers=0). ``plain`` trains as the reference computes (fp32, NCHW, the Ins head's cls tower run
   twice); ``fast`` is ``train --fast`` (bf16, channels-last, the cls tower once).
 
 The models are randomly initialised but made busy as trained ones: BN statistics calibrated on the input,
@@ -61,10 +61,10 @@ from rtmdet_lesson.priors import grid_priors
 from rtmdet_lesson.speed import SpeedOptions, low_precision_dtype, optimize_for_inference
 from rtmdet_lesson.train import TrainConfig, fast_training_settings, train
 
-CASES = [  # (preset, canvas, image (H, W), training batch)
-    ("course-sprites", 320, (240, 320), 8),
-    ("rtmdet-ins-tiny", 640, (480, 640), 4),
-    ("rtmdet-ins-s", 640, (480, 640), 4),
+CASES = [  # (preset, canvas, image (H, W), training batch, timed training iterations per --train-iters)
+    ("course-sprites", 320, (240, 320), 8, 3),  # short steps, so three times as many: a steadier median
+    ("rtmdet-ins-tiny", 640, (480, 640), 4, 1),
+    ("rtmdet-ins-s", 640, (480, 640), 4, 1),
 ]
 OBJECT_HALF_SIZE = 2.5  # strides of the prior's level: the synthetic masks are 5 strides across
 
@@ -286,7 +286,7 @@ def main_table(args, data: Path, tmp: Path) -> None:
     modes = ["plain", "fast"]
     print(f"{'preset':<17}{'canvas':>7}{'mode':>6}{'forward ms':>12}{'predict ms':>12}{'instances':>10}"
           f"{'predict MiB':>13}{'train batch':>12}{'train img/s':>12}{'train MiB':>11}")
-    for preset, size, image_shape, batch in CASES:
+    for preset, size, image_shape, batch, iters_scale in CASES:
         if args.only and args.only not in preset:
             continue
         image = sample_image(image_shape)
@@ -294,8 +294,8 @@ def main_table(args, data: Path, tmp: Path) -> None:
         model = busy_model(preset, x)
         rates = [float("nan")] * len(modes)
         if args.train_iters:
-            rates = train_rates(preset, size, batch, [training_settings(m) for m in modes], args.train_iters,
-                                args.train_rounds, args.workers, data, tmp)
+            rates = train_rates(preset, size, batch, [training_settings(m) for m in modes],
+                                iters_scale * args.train_iters, args.train_rounds, args.workers, data, tmp)
         for mode, img_s in zip(modes, rates, strict=True):
             net = model if mode == "plain" else optimize_for_inference(model, "fast")
             with torch.inference_mode():
@@ -309,7 +309,7 @@ def main_table(args, data: Path, tmp: Path) -> None:
 
 
 def pieces_table(args, data: Path, tmp: Path) -> None:
-    preset, size, image_shape, _ = CASES[1]
+    preset, size, image_shape, _, _ = CASES[1]
     image = sample_image(image_shape)
     x = canvas_input(image, size)
     model = busy_model(preset, x)
@@ -347,7 +347,7 @@ def pieces_table(args, data: Path, tmp: Path) -> None:
 
     if not args.train_iters:
         return
-    preset, size, _, batch = CASES[0]
+    preset, size, _, batch, _ = CASES[0]
     print(f"\n# training pieces: {preset}, {size}x{size}, batch {batch}, img/s of the real loop "
           f"({args.train_iters} iterations after 3)")
     print(f"{'training':<44}{'img/s':>8}{'x plain':>9}")
@@ -397,7 +397,7 @@ def pipeline_seconds(dataset, size: int, stage: int, samples: int) -> float:
 
 def probe(what: str, preset: str, mode: str, data: str) -> None:
     """The ``--probe`` child: print the peak MiB of one predict or of 3 training iterations (``peak_mib``)."""
-    _, size, image_shape, batch = next(case for case in CASES if case[0] == preset)
+    _, size, image_shape, batch, _ = next(case for case in CASES if case[0] == preset)
     if what == "predict":
         image = sample_image(image_shape)
         model = busy_model(preset, canvas_input(image, size))
