@@ -18,8 +18,9 @@ the reference's training computation, fp32; ``fast``: ``optimize_for_inference(m
   images per second from the median iteration time of ``--train-iters`` iterations (three times as many for
   the course preset, whose steps are short), run in ``--train-rounds`` rounds in which plain and fast take
   turns (3 warm-up iterations each), so that a slow spell of a shared machine does not fall on one mode only;
-  train MiB: peak memory of 3 iterations (model, optimizer and EMA included; workers=0). ``plain`` trains as the reference computes (fp32, NCHW, the Ins head's cls tower run
-  twice); ``fast`` is ``train --fast`` (bf16, channels-last, the cls tower once).
+  train MiB: peak memory of 3 iterations (model, optimizer and EMA included; workers=0). ``plain`` trains as
+  the reference computes (fp32, NCHW, the Ins head's cls tower run twice); ``fast`` is ``train --fast`` (bf16,
+  channels-last, the cls tower once).
 
 The models are randomly initialised but made busy as trained ones: BN statistics calibrated on the input,
 classifier bias 0 (every prior scores about 0.5, so NMS keeps ``max_per_img`` = 100), and a mask kernel giving
