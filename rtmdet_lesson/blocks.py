@@ -54,7 +54,8 @@ def cat_channels(tensors: list[torch.Tensor]) -> torch.Tensor:
 class ConvBNAct(nn.Module):
     """Conv (no bias: BN follows) -> BatchNorm -> SiLU; padding ``k // 2``. Chapter 01 builds this.
 
-    ``(B, C_in, H, W) -> (B, C_out, H / stride, W / stride)``.
+    ``(B, C_in, H, W) -> (B, C_out, H / stride, W / stride)``. The SiLU works in place only outside autograd
+    (``silu``, chapter 09).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, groups: int = 1):

@@ -85,6 +85,8 @@ def dynamic_mask_logits(
             f"kernels {tuple(kernels.shape)}, priors {tuple(priors.shape)} and image_index "
             f"{tuple(image_index.shape)} must describe the same K instances: (K, 169), (K, 4), (K,)"
         )
+    if k == 0:
+        return mask_feats.new_zeros(0, h, w)
     dtype = mask_feats.dtype
     weights, biases = split_dynamic_params(kernels.to(dtype))
     w0 = weights[0]  # (K, 8, 10): columns rel_x, rel_y, then the prototypes
@@ -93,14 +95,12 @@ def dynamic_mask_logits(
     w0_ext = torch.cat([w0[:, :, 2:], -w0[:, :, :2] / scale[:, :, None], (biases[0] + offset)[:, :, None]], dim=2)
     grid = grid_priors([(h, w)], [MASK_STRIDE], device=mask_feats.device, dtype=dtype)[:, :2]  # (h*w, 2) x, y
     ones = grid.new_ones(h * w, 1)
-    if k == 0:
-        return mask_feats.new_zeros(0, h, w)
     # Instances sorted by image (the criterion's already are), so each image's chunks are consecutive rows and
     # every parameter tensor is cut with one split, whose backward is one concatenation.
-    order = torch.argsort(image_index, stable=True)
     in_order = bool((image_index[1:] >= image_index[:-1]).all())
     params = [w0_ext, weights[1], biases[1], weights[2], biases[2]]
     if not in_order:
+        order = torch.argsort(image_index, stable=True)
         params = [p[order] for p in params]
     chunk_size = max(1, CHUNK_FLOATS // (DYCONV_CHANNELS * h * w))
     sizes, owners = [], []  # rows per chunk, and the image each chunk belongs to

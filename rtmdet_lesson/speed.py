@@ -27,10 +27,9 @@ import warnings
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from rtmdet_lesson.blocks import ConvBNAct
+from rtmdet_lesson.blocks import ConvBNAct, silu
 from rtmdet_lesson.head import HeadOutput, SharedConvTower
 from rtmdet_lesson.model import check_input
 
@@ -93,7 +92,7 @@ class FoldedConvTower(nn.Module):
     def forward(self, x: torch.Tensor, level: int, stat_updates: int = 1) -> torch.Tensor:
         """``stat_updates`` is accepted for the head's sake; a folded tower has no statistics to update."""
         for conv in self.levels[level]:
-            x = F.silu(conv(x), inplace=True)
+            x = silu(conv(x))
         return x
 
 
@@ -239,7 +238,8 @@ def prepare_for_training(model: nn.Module, channels_last: bool = False, amp_dtyp
     ``single_cls_pass``: the Ins head runs its cls tower once and gives the BNs the second pass's statistics
     update (same outputs, gradients and running statistics as the reference's two passes). ``channels_last``:
     channels-last memory from the backbone's first stage on; the stem and the input stay NCHW (their backward
-    is faster so). Under CPU bf16 autocast: depthwise convs in fp32. Returns the model.
+    is faster so), and ``ToChannelsLast`` hands the stem an NCHW gradient. Under CPU bf16 autocast: depthwise
+    convs in fp32. Returns the model.
     """
     if hasattr(model.head, "single_cls_pass"):
         model.head.single_cls_pass = single_cls_pass
