@@ -291,6 +291,20 @@ def test_fused_resize_crop_equals_resize_then_crop():
             assert torch.equal(fused[1][key], two_steps[1][key])
 
 
+def test_image_resize_is_within_one_grey_level_of_the_float_computation():
+    """The uint8 kernel (fixed-point weights) against bilinear in float, rounded: shrinking (antialiased),
+    enlarging, non-square, one pixel; the result is a contiguous uint8 image of the asked size."""
+    image = torch.randint(0, 256, (3, 45, 70), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+              "masks": torch.zeros(0, 45, 70, dtype=torch.bool), "image_id": 0}
+    for size in [(20, 31), (45, 70), (90, 200), (1, 1), (97, 33)]:
+        out, _ = T.resize_sample(image, target, size)
+        exact = torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear",
+                                                align_corners=False, antialias=True)[0].round()
+        assert out.dtype == torch.uint8 and out.shape == (3, *size) and out.is_contiguous()
+        assert (out.float() - exact).abs().max() <= 1, size
+
+
 def test_random_resize_keeps_the_ratio_inside_the_scale():
     image, target = SAMPLES[1]  # 90 x 60
     for seed in range(5):

@@ -146,9 +146,14 @@ def filter_annotations(image: torch.Tensor, target: dict, min_wh: tuple[float, f
 
 
 def _resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 (3, H, W) -> uint8 (3, h, w): bilinear, antialiased when shrinking (as preprocess.letterbox_image)."""
-    out = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-    return out[0].round().clamp(0, 255).to(torch.uint8)
+    """uint8 (3, H, W) -> uint8 (3, h, w) stored channels-last: bilinear, antialiased when shrinking.
+
+    torch's uint8 kernel (what torchvision's Resize runs on uint8 tensors) works on channels-last pixels with
+    fixed-point weights: within one grey level of the float computation (``preprocess.letterbox_image``'s, which
+    feeds the model at test time) and 2-7x faster than it (chapter 09 section 8).
+    """
+    pixels = image[None].contiguous(memory_format=torch.channels_last)  # (1, 3, H, W) stored as (1, H, W, 3)
+    return F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
 
 
 def _nearest_index(in_size: int, out_size: int, device) -> torch.Tensor:
@@ -176,7 +181,7 @@ def resize_sample(image: torch.Tensor, target: dict, size: tuple[int, int]):
     Chapter 07 builds this.
     """
     size = (max(1, int(size[0])), max(1, int(size[1])))
-    return _resize_image(image, size), with_masks(target, _resize_masks(target["masks"], size))
+    return _resize_image(image, size).contiguous(), with_masks(target, _resize_masks(target["masks"], size))
 
 
 def resize_crop_sample(image: torch.Tensor, target: dict, size: tuple[int, int], window: tuple[int, int, int, int]):
@@ -185,7 +190,7 @@ def resize_crop_sample(image: torch.Tensor, target: dict, size: tuple[int, int],
     Same result as the two steps; the masks are only computed inside the window. Chapter 07 builds this.
     """
     top, left, height, width = window
-    image = _resize_image(image, size)[:, top : top + height, left : left + width]
+    image = _resize_image(image, size)[:, top : top + height, left : left + width].contiguous()
     return image, with_masks(target, _resize_masks(target["masks"], size, window))
 
 
