@@ -291,6 +291,34 @@ def test_fused_resize_crop_equals_resize_then_crop():
             assert torch.equal(fused[1][key], two_steps[1][key])
 
 
+def test_a_resize_to_the_same_size_returns_its_input_because_the_kernels_would():
+    """Why ``_resize_image`` and ``_resize_masks`` skip their kernels at the same size (mosaic and mixup pieces
+    often are the canvas size): the uint8 bilinear kernel and the nearest index give the input back exactly."""
+    image = torch.randint(0, 256, (3, 45, 70), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    pixels = image[None].contiguous(memory_format=torch.channels_last)
+    kernel = torch.nn.functional.interpolate(pixels, size=(45, 70), mode="bilinear", align_corners=False,
+                                             antialias=True)[0]
+    assert torch.equal(kernel, image) and T._resize_image(image, (45, 70)) is image
+    assert torch.equal(T._nearest_index(70, 70, "cpu"), torch.arange(70))
+    masks = SAMPLES[2][1]["masks"]
+    assert T._resize_masks(masks, tuple(masks.shape[1:])) is masks
+
+
+def test_fused_resize_crop_resizes_only_the_instances_the_window_sees():
+    """An instance outside the crop's source rectangle is never resized, and the answer is still the two steps'."""
+    image, target = drawn_sample(60, 200, 4, n=0)
+    masks = torch.zeros(3, 60, 200, dtype=torch.bool)
+    masks[0, 10:30, 5:40] = True  # left: inside the window below
+    masks[1, 20:50, 150:190] = True  # right: outside it
+    masks[2, 3:15, 60:90] = True  # straddles the window's top and right edges
+    target = T.with_masks(target, masks, torch.tensor([0, 1, 2]))
+    size, window = (120, 400), (10, 20, 60, 120)  # x2, then rows 10..69 and columns 20..139 (source 10..69)
+    fused_image, fused = T.resize_crop_sample(image, target, size, window)
+    two_image, two = T.crop_sample(*T.resize_sample(image, target, size), *window)
+    assert torch.equal(fused_image, two_image) and fused["labels"].tolist() == two["labels"].tolist() == [0, 2]
+    assert torch.equal(fused["masks"], two["masks"]) and torch.equal(fused["boxes"], two["boxes"])
+
+
 def test_image_resize_is_within_one_grey_level_of_the_float_computation():
     """The uint8 kernel (fixed-point weights) against bilinear in float, rounded: shrinking (antialiased),
     enlarging, non-square, one pixel; the result is a contiguous uint8 image of the asked size."""

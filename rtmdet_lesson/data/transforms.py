@@ -152,6 +152,8 @@ def _resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     fixed-point weights: within one grey level of the float computation (``preprocess.letterbox_image``'s, which
     feeds the model at test time) and 2-7x faster than it (chapter 09 section 8).
     """
+    if tuple(size) == tuple(image.shape[1:]):  # the identity (exactly, tested): skip the kernel and its copies
+        return image
     pixels = image[None].contiguous(memory_format=torch.channels_last)  # (1, 3, H, W) stored as (1, H, W, 3)
     return F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
 
@@ -162,17 +164,18 @@ def _nearest_index(in_size: int, out_size: int, device) -> torch.Tensor:
     return (centres * (in_size / out_size)).floor().long().clamp(max=in_size - 1)
 
 
-def _resize_masks(masks: torch.Tensor, size: tuple[int, int], window: tuple[int, int, int, int] | None = None):
-    """bool (G, H, W) -> bool (G, h, w) by nearest neighbour at pixel centres (aligned with the bilinear image).
-
-    ``window`` (top, left, height, width) returns only that part of the resized masks, computing nothing else:
-    resize-then-crop of a big mosaic canvas costs only the crop.
-    """
-    top, left, height, width = window or (0, 0, *size)
-    rows = _nearest_index(masks.shape[1], size[0], masks.device)[top : top + height]  # (h,)
-    cols = _nearest_index(masks.shape[2], size[1], masks.device)[left : left + width]  # (w,)
+def _pick(masks: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """bool (G, H, W) at source ``rows`` (h,) and ``cols`` (w,) -> contiguous bool (G, h, w)."""
     picked = masks.index_select(1, rows).transpose(1, 2)  # (G, W, h): whole rows copied, then columns as rows
     return picked.index_select(1, cols).transpose(1, 2).contiguous()  # (G, h, w)
+
+
+def _resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """bool (G, H, W) -> bool (G, h, w) by nearest neighbour at pixel centres (aligned with the bilinear image)."""
+    if tuple(size) == tuple(masks.shape[1:]):  # the identity (exactly, tested): no copy
+        return masks
+    return _pick(masks, _nearest_index(masks.shape[1], size[0], masks.device),
+                 _nearest_index(masks.shape[2], size[1], masks.device))
 
 
 def resize_sample(image: torch.Tensor, target: dict, size: tuple[int, int]):
@@ -187,11 +190,23 @@ def resize_sample(image: torch.Tensor, target: dict, size: tuple[int, int]):
 def resize_crop_sample(image: torch.Tensor, target: dict, size: tuple[int, int], window: tuple[int, int, int, int]):
     """``resize_sample`` to ``size`` then ``crop_sample`` to ``window`` (top, left, height, width), in one step.
 
-    Same result as the two steps; the masks are only computed inside the window. Chapter 07 builds this.
+    Same result as the two steps (tested), but the masks are only computed inside the window, and only for the
+    instances with a pixel in the source rectangle that the window samples from: after a mosaic most instances
+    lie outside the crop, and resizing them would only make empty masks for ``with_masks`` to drop.
+    Chapter 07 builds this.
     """
     top, left, height, width = window
     image = _resize_image(image, size)[:, top : top + height, left : left + width].contiguous()
-    return image, with_masks(target, _resize_masks(target["masks"], size, window))
+    masks = target["masks"]  # (G, H, W)
+    rows = _nearest_index(masks.shape[1], size[0], masks.device)[top : top + height]  # (h,) source rows, ascending
+    cols = _nearest_index(masks.shape[2], size[1], masks.device)[left : left + width]  # (w,)
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    source = masks[:, r0:r1, c0:c1]  # (G, r1 - r0, c1 - c0) view: every pixel the window can sample
+    inside = source.view(torch.uint8).amax(dim=(1, 2)) > 0  # (G,) the instances the window can see
+    labels = target["labels"]
+    if not bool(inside.all()):
+        source, labels = source[inside], labels[inside]
+    return image, with_masks(target, _pick(source, rows - r0, cols - c0), labels)
 
 
 def crop_sample(image: torch.Tensor, target: dict, top: int, left: int, height: int, width: int):
@@ -488,11 +503,12 @@ class CachedMosaic:
         for (is_top, is_left), (img, tgt) in zip(corners, [(image, target), *others], strict=True):
             ih, iw = img.shape[1:]
             factor = min(h / ih, w / iw)
-            img, tgt = resize_sample(img, tgt, (int(ih * factor), int(iw * factor)))
+            size = (max(1, int(ih * factor)), max(1, int(iw * factor)))
+            img = _resize_image(img, size)  # masks a shrink empties are dropped with the canvas's, below
             ph, pw = img.shape[1:]
             top, left = (cy - ph if is_top else cy), (cx - pw if is_left else cx)  # image corner on the centre
             paste_(canvas, img, top, left)
-            pieces.append((top, left, tgt["masks"], tgt["labels"]))
+            pieces.append((top, left, _resize_masks(tgt["masks"], size), tgt["labels"]))
         masks = torch.zeros((sum(len(p[3]) for p in pieces), 2 * h, 2 * w), dtype=torch.bool, device=image.device)
         start = 0
         for top, left, piece, labels in pieces:
