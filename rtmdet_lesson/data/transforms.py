@@ -146,7 +146,8 @@ def filter_annotations(image: torch.Tensor, target: dict, min_wh: tuple[float, f
 
 
 def _resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 (3, H, W) -> uint8 (3, h, w) stored channels-last: bilinear, antialiased when shrinking.
+    """uint8 (3, H, W) -> uint8 (3, h, w) stored channels-last (the input itself at the same size): bilinear,
+    antialiased when shrinking.
 
     torch's uint8 kernel (what torchvision's Resize runs on uint8 tensors) works on channels-last pixels with
     fixed-point weights: within one grey level of the float computation (``preprocess.letterbox_image``'s, which
@@ -504,7 +505,7 @@ class CachedMosaic:
             ih, iw = img.shape[1:]
             factor = min(h / ih, w / iw)
             size = (max(1, int(ih * factor)), max(1, int(iw * factor)))
-            img = _resize_image(img, size)  # masks a shrink empties are dropped with the canvas's, below
+            img = _resize_image(img, size)  # no boxes here: the canvas's with_masks below drops emptied masks
             ph, pw = img.shape[1:]
             top, left = (cy - ph if is_top else cy), (cx - pw if is_left else cx)  # image corner on the centre
             paste_(canvas, img, top, left)
