@@ -13,6 +13,7 @@ from torch import Tensor
 from rtmdet_lesson.boxes import IOU_EPS, aligned_giou
 
 DICE_EPS = 5e-6  # the RTMDet-Ins configs' DiceLoss eps
+DICE_LOGIT_FLOOR = -30.0  # lower logits count as -30 in dice_loss: sigmoid(-30) = 9e-14, no denormal floats
 
 
 def quality_focal_loss(logits: Tensor, labels: Tensor, scores: Tensor, beta: float = 2.0) -> Tensor:
@@ -48,8 +49,15 @@ def dice_loss(mask_logits: Tensor, target_masks: Tensor, eps: float = DICE_EPS) 
 
     mask_logits (K, h, w), target_masks (K, h, w) bool or float -> (K,) with
     1 - 2 * sum(p * t) / (sum(p^2) + eps + sum(t^2) + eps), p = sigmoid(logits).
+
+    Logits below ``DICE_LOGIT_FLOOR`` (-30) count as -30 (chapter 09 section 8). A trained model's background
+    logits spread down to -100; between about -88 and -40 their sigmoid, its square or their gradients are
+    denormal floats, which a CPU computes on a slow path, and the backward carries them through the upsampling
+    and the dynamic convs: ~10 % of a training step. At the floor p = 9e-14, so the loss moves by less than 1e-9, and the gradients it
+    zeroes are below 1e-12 of the batch's largest, lost in fp32 rounding when the batch's gradients are summed
+    (the reference does not clamp; ``tests/test_losses.py`` compares the two).
     """
-    p = mask_logits.sigmoid().flatten(1)  # (K, h*w)
+    p = mask_logits.clamp(min=DICE_LOGIT_FLOOR).sigmoid().flatten(1)  # (K, h*w)
     t = target_masks.flatten(1).to(p.dtype)  # (K, h*w)
     overlap = (p * t).sum(dim=1)  # (K,)
     return 1 - 2 * overlap / ((p * p).sum(dim=1) + eps + (t * t).sum(dim=1) + eps)

@@ -75,6 +75,40 @@ def test_dice_hand_values():
     assert dice_loss(torch.full((1, 2, 2), -30.0), torch.zeros(1, 2, 2, dtype=torch.bool)).item() == pytest.approx(1.0)
 
 
+def test_dice_floor_keeps_the_loss_and_gradients_of_a_confident_mask_without_denormals():
+    """A trained model's background logits lie between -100 and -35. The floor (chapter 09) changes nothing above
+    fp32 rounding, and where the unfloored gradient holds denormal floats (a CPU's slow path) it leaves none."""
+    g = torch.Generator().manual_seed(0)
+    foreground = torch.rand(6, 20, 20, generator=g) < 0.3
+    background = -100 + torch.rand(6, 20, 20, generator=g) * 65  # (K, h, w) logits in [-100, -35]
+    logits = torch.where(foreground, torch.rand(6, 20, 20, generator=g) * 8, background)
+    logits[0, :2] = -35 + torch.rand(2, 20, generator=g) * 10  # a band around the floor, on both sides
+    logits[1][foreground[1]] = -40.0  # a confidently missed object: its pixels lie below the floor too
+
+    def unfloored_dice(x, t, eps=5e-6):  # the reference's formula, with no floor
+        p, t = x.sigmoid().flatten(1), t.flatten(1).float()
+        return 1 - 2 * (p * t).sum(1) / ((p * p).sum(1) + eps + (t * t).sum(1) + eps)
+
+    results = []
+    for fn in (unfloored_dice, dice_loss):
+        x = logits.clone().requires_grad_()
+        loss = fn(x, foreground)
+        loss.sum().backward()
+        results.append((loss.detach(), x.grad))
+    (reference, reference_grad), (floored, floored_grad) = results
+    smallest_normal = torch.finfo(torch.float32).tiny
+
+    def denormals(t):
+        return int(((t != 0) & (t.abs() < smallest_normal)).sum())
+
+    torch.testing.assert_close(floored, reference, rtol=1e-6, atol=0)
+    # what it zeroes is far below fp32 rounding of the batch's gradient sums (the missed object's is ~1e-19)
+    assert (floored_grad - reference_grad).abs().max() < 1e-12 * reference_grad.abs().max()
+    assert denormals(reference_grad) > 0 and denormals(floored_grad) == 0
+    above = logits > -30
+    assert torch.equal(floored_grad[above], reference_grad[above])  # above the floor: the same numbers
+
+
 def test_dice_empty_input_and_finite_gradient():
     assert dice_loss(torch.zeros(0, 4, 4), torch.zeros(0, 4, 4)).shape == (0,)
     logits = torch.zeros(3, 5, 5, requires_grad=True)
