@@ -30,7 +30,9 @@ masks (a random kernel would switch masks on over the whole image; ``--pieces`` 
 ``--pieces`` adds tables of the parts: each inference speed-up on its own for RTMDet-Ins-tiny at 640, its
 decoding stage by stage (with chapter 08's full-canvas mask resizing for comparison, and with masks that
 cover the whole image), each training speed-up for the course preset, and the augmentation pipeline's cost per
-image. ``--compile`` adds a ``torch.compile`` row (minutes of compiling on a CPU).
+image, and a table of bare training steps from the shipped course model's weights (the state a run spends most of
+its time in), with and without the Dice loss's logit floor. ``--compile`` adds a ``torch.compile`` row (minutes of
+compiling on a CPU).
 """
 
 from __future__ import annotations
@@ -48,19 +50,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import rtmdet_lesson.losses as losses_module
 import rtmdet_lesson.speed as speed_module
 from rtmdet_lesson.boxes import distance_to_box
+from rtmdet_lesson.checkpoint import load_checkpoint_model
 from rtmdet_lesson.data.coco import sprites_split
+from rtmdet_lesson.data.collate import AugmentedDataset, collate
 from rtmdet_lesson.data.transforms import build_train_pipeline
 from rtmdet_lesson.dynamic_mask import LAYER_SHAPES, NUM_DYNAMIC_PARAMS, dynamic_mask_logits
+from rtmdet_lesson.ema import ExpMomentumEMA
 from rtmdet_lesson.mask_resize import masks_to_original
 from rtmdet_lesson.nms import batched_nms
 from rtmdet_lesson.postprocess import EVAL, gather_priors, mask_logits_to_original, postprocess, select_candidates
 from rtmdet_lesson.preprocess import letterbox_image, normalize
 from rtmdet_lesson.presets import build_model
 from rtmdet_lesson.priors import grid_priors
-from rtmdet_lesson.speed import SpeedOptions, low_precision_dtype, optimize_for_inference
-from rtmdet_lesson.train import TrainConfig, fast_training_settings, train
+from rtmdet_lesson.schedule import param_groups
+from rtmdet_lesson.speed import SpeedOptions, low_precision_dtype, optimize_for_inference, prepare_for_training
+from rtmdet_lesson.train import AMP_DTYPES, TrainConfig, build_pipeline, fast_training_settings, train
 
 CASES = [  # (preset, canvas, image (H, W), training batch, timed training iterations per --train-iters)
     ("course-sprites", 320, (240, 320), 8, 3),  # short steps, so three times as many: a steadier median
@@ -68,6 +75,7 @@ CASES = [  # (preset, canvas, image (H, W), training batch, timed training itera
     ("rtmdet-ins-s", 640, (480, 640), 4, 1),
 ]
 OBJECT_HALF_SIZE = 2.5  # strides of the prior's level: the synthetic masks are 5 strides across
+SHIPPED = Path("data/course-sprites.pth")  # the course model trained by the shipped recipe
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -379,6 +387,62 @@ def pieces_table(args, data: Path, tmp: Path) -> None:
                          ("stage 2: resize, crop, HSV, flip", 2)]:
         seconds = pipeline_seconds(dataset, size, stage, samples=max(16, 4 * args.train_iters))
         print(f"{label:<44}{1000 * seconds:>8.1f}{1 / seconds:>9.1f}", flush=True)
+    if SHIPPED.is_file():
+        trained_steps_table(args, data)
+
+
+def trained_step(mode: str, config: TrainConfig):
+    """One bare training step of ``train``'s loop (no data loading) on the shipped model's weights, in ``mode``:
+    ``step(images, targets)``. Plain and fast start from the same weights and take the same batches."""
+    settings = training_settings(mode)
+    amp_dtype = AMP_DTYPES[settings["amp"]]
+    model = load_checkpoint_model(SHIPPED).train()
+    prepare_for_training(model, settings["channels_last"], amp_dtype, settings["single_cls_pass"])
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, fused=True)
+    ema = ExpMomentumEMA(model)
+    autocast = torch.autocast("cpu", dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+    def step(images: torch.Tensor, targets: list[dict]) -> None:
+        with autocast:
+            losses = model.loss(normalize(images), targets)
+        sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(model)
+
+    return step
+
+
+def trained_steps_table(args, data: Path) -> None:
+    """Bare steps from the shipped weights, plain and fast, with and without the Dice logit floor, interleaved."""
+    preset, size, _, batch, _ = CASES[0]
+    config = TrainConfig(preset=preset, data=str(data), image_size=size, epochs=20, batch_size=batch, lr=0.002,
+                         mosaic=False, mixup=False, stage2_epochs=2).resolve()
+    dataset = AugmentedDataset(sprites_split(data, "train"), build_pipeline(config), seed=0)
+    batches = [collate([dataset[i * batch + j] for j in range(batch)]) for i in range(max(2, args.train_iters // 2))]
+    floor = losses_module.DICE_LOGIT_FLOOR
+    cases = {(mode, floored): trained_step(mode, config) for mode in ("plain", "fast") for floored in (False, True)}
+    times = {case: [] for case in cases}
+    for rnd in range(args.train_rounds + 1):  # round 0 warms up
+        for images, targets in batches:
+            for (mode, floored), step in cases.items():
+                losses_module.DICE_LOGIT_FLOOR = floor if floored else float("-inf")
+                try:
+                    start = time.perf_counter()
+                    step(images, targets)
+                    spent = time.perf_counter() - start
+                finally:
+                    losses_module.DICE_LOGIT_FLOOR = floor
+                if rnd:
+                    times[(mode, floored)].append(1000 * spent)
+    print(f"\n# bare training steps from the shipped weights ({SHIPPED}): {preset}, {size}x{size}, batch {batch}, "
+          f"ms (median of {len(times[('plain', True)])}, the four interleaved)")
+    print(f"{'mode':<8}{'no floor':>10}{'Dice floor':>12}{'saved':>8}")
+    for mode in ("plain", "fast"):
+        off, on = (statistics.median(times[(mode, floored)]) for floored in (False, True))
+        print(f"{mode:<8}{off:>10.1f}{on:>12.1f}{1 - on / off:>8.0%}", flush=True)
+    plain, fast = (statistics.median(times[(mode, True)]) for mode in ("plain", "fast"))
+    print(f"plain / fast with the floor: {plain / fast:.2f}")
 
 
 def pipeline_seconds(dataset, size: int, stage: int, samples: int) -> float:
