@@ -53,9 +53,9 @@ def dice_loss(mask_logits: Tensor, target_masks: Tensor, eps: float = DICE_EPS) 
     Logits below ``DICE_LOGIT_FLOOR`` (-30) count as -30 (chapter 09 section 8). A trained model's background
     logits spread down to -100; between about -88 and -40 their sigmoid, its square or their gradients are
     denormal floats, which a CPU computes on a slow path, and the backward carries them through the upsampling
-    and the dynamic convs: ~10 % of a training step. At the floor p = 9e-14, so the loss moves by less than 1e-9, and the gradients it
-    zeroes are below 1e-12 of the batch's largest, lost in fp32 rounding when the batch's gradients are summed
-    (the reference does not clamp; ``tests/test_losses.py`` compares the two).
+    and the dynamic convs: ~10 % of a training step. At the floor p = 9e-14, so the loss moves by less than 1e-9,
+    and the gradients it zeroes are below 1e-12 of the batch's largest, lost in fp32 rounding when the batch's
+    gradients are summed (the reference does not clamp; ``tests/test_losses.py`` compares the two).
     """
     p = mask_logits.clamp(min=DICE_LOGIT_FLOOR).sigmoid().flatten(1)  # (K, h*w)
     t = target_masks.flatten(1).to(p.dtype)  # (K, h*w)
