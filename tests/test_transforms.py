@@ -312,7 +312,7 @@ def test_fused_resize_crop_resizes_only_the_instances_the_window_sees():
     masks[1, 20:50, 150:190] = True  # right: outside it
     masks[2, 3:15, 60:90] = True  # straddles the window's top and right edges
     target = T.with_masks(target, masks, torch.tensor([0, 1, 2]))
-    size, window = (120, 400), (10, 20, 60, 120)  # x2, then rows 10..69 and columns 20..139 (source 10..69)
+    size, window = (120, 400), (10, 20, 60, 120)  # x2; source rows 5..34, columns 10..69
     fused_image, fused = T.resize_crop_sample(image, target, size, window)
     two_image, two = T.crop_sample(*T.resize_sample(image, target, size), *window)
     assert torch.equal(fused_image, two_image) and fused["labels"].tolist() == two["labels"].tolist() == [0, 2]
