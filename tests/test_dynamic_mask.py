@@ -87,6 +87,22 @@ def test_gradients_reach_kernels_and_prototypes():
     assert mask_feats.grad.abs().sum() > 0 and kernels.grad.abs().sum() > 0
 
 
+def test_training_graph_modifies_no_view_in_place():
+    """An in-place op on a view makes autograd rebase the view (a ``CopySlices`` node, which copies the whole
+    activation in the backward); the layers' ReLUs must act on whole tensors (chapter 09, dynamic_mask.py)."""
+    mask_feats, kernels, priors, image_index = _inputs(k=12)
+    kernels.requires_grad_(True)
+    nodes, stack = set(), [dynamic_mask_logits(mask_feats, kernels, priors, image_index).grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in nodes:
+            nodes.add(node)
+            stack += [parent for parent, _ in node.next_functions]
+    names = {type(node).__name__ for node in nodes}
+    assert "ReluBackward0" in names  # the walk reached the layers
+    assert "CopySlices" not in names
+
+
 def test_mismatched_instances_rejected():
     mask_feats, kernels, priors, image_index = _inputs()
     with pytest.raises(ValueError, match="same K instances"):
