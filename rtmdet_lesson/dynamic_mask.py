@@ -115,7 +115,8 @@ def dynamic_mask_logits(
             inputs[image] = torch.cat([mask_feats[image].reshape(c, h * w), grid.T, ones.T])
         n = len(w0)
         # ReLU before the reshape: in place on a view (the reshaped product), autograd would rebase the view's
-        # history and copy the activations in the backward (a quarter of this function's training time)
+        # history and copy the activations in the backward, a quarter of this function's training time (chapter 09,
+        # section 8, the fifth trap)
         x = (w0.reshape(-1, c + 3) @ inputs[image]).relu_().reshape(n, DYCONV_CHANNELS, h * w)  # (n, 8, h*w)
         x = torch.baddbmm(b1[:, :, None], w1, x)  # (n, 8, h*w)
         x = torch.baddbmm(b2[:, :, None], w2, x.relu_())  # (n, 1, h*w)
