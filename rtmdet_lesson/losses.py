@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from rtmdet_lesson.boxes import IOU_EPS, aligned_giou
 
@@ -56,8 +57,49 @@ def dice_loss(mask_logits: Tensor, target_masks: Tensor, eps: float = DICE_EPS) 
     and the dynamic convs: ~10 % of a training step. At the floor p = 9e-14, so the loss moves by less than 1e-9,
     and the gradients it zeroes are below 1e-12 of the batch's largest, lost in fp32 rounding when the batch's
     gradients are summed (the reference does not clamp; ``tests/test_losses.py`` compares the two).
+
+    The gradient is written by hand (``SigmoidDice``, chapter 09 section 8): the same loss and, to fp32
+    rounding, the same gradient as autograd through the formula, in fewer and cheaper passes over the maps.
     """
-    p = mask_logits.clamp(min=DICE_LOGIT_FLOOR).sigmoid().flatten(1)  # (K, h*w)
-    t = target_masks.flatten(1).to(p.dtype)  # (K, h*w)
-    overlap = (p * t).sum(dim=1)  # (K,)
-    return 1 - 2 * overlap / ((p * p).sum(dim=1) + eps + (t * t).sum(dim=1) + eps)
+    if mask_logits.shape != target_masks.shape:
+        raise ValueError(f"mask_logits {tuple(mask_logits.shape)} and target_masks {tuple(target_masks.shape)} must "
+                         "have the same (K, h, w) shape; resize or slice the targets to the logits' stride")
+    return SigmoidDice.apply(mask_logits, target_masks, eps)
+
+
+class SigmoidDice(torch.autograd.Function):
+    """``dice_loss`` with its gradient by hand: (K, h, w) logits, (K, h, w) targets -> (K,). Chapter 09.
+
+    With p = sigmoid(max(x, floor)), O = sum(p * t), D = sum(p^2) + sum(t^2) + 2 eps and loss = 1 - 2 O / D:
+
+        dloss/dp = -2 t / D + 4 O p / D^2,    dloss/dx = dloss/dp * p (1 - p) where x >= floor, else 0.
+
+    Autograd through the formula writes 13 maps of (K, h*w) numbers, forward and backward: the clamp, the sigmoid,
+    the targets' cast, three products, a product per factor and their sums, the sigmoid's gradient, the clamp's mask
+    and its select. This writes 10 (the sigmoid and two steps of the gradient in place, no t * t for bool targets)
+    and casts bool targets through uint8, ~5x faster than bool to float; ~30 % less time at K = 472 (chapter 09).
+    """
+
+    @staticmethod
+    def forward(ctx, mask_logits: Tensor, target_masks: Tensor, eps: float) -> Tensor:
+        x = mask_logits.flatten(1)  # (K, h*w)
+        p = x.clamp(min=DICE_LOGIT_FLOOR).sigmoid_()  # (K, h*w)
+        t = target_masks.flatten(1)  # (K, h*w)
+        t = (t.view(torch.uint8) if t.dtype == torch.bool else t).to(p.dtype)
+        overlap = torch.linalg.vecdot(p, t)  # (K,) sum(p * t)
+        t_squares = t.sum(dim=1) if target_masks.dtype == torch.bool else torch.linalg.vecdot(t, t)  # (K,)
+        denominator = torch.linalg.vecdot(p, p) + eps + t_squares + eps  # (K,)
+        ctx.save_for_backward(x, p, t, overlap, denominator)
+        ctx.shape = mask_logits.shape
+        return 1 - 2 * overlap / denominator
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        x, p, t, overlap, denominator = ctx.saved_tensors
+        per_t = (-2 * grad / denominator)[:, None]  # (K, 1)
+        per_p = (4 * grad * overlap / denominator**2)[:, None]  # (K, 1)
+        grad_p = (p * per_p).addcmul_(t, per_t)  # (K, h*w) dloss/dp
+        grad_x = torch.ops.aten.sigmoid_backward(grad_p, p)  # dloss/dp * p * (1 - p) in one pass
+        grad_x.masked_fill_(x < DICE_LOGIT_FLOOR, 0)  # below the floor the clamp passes no gradient
+        return grad_x.view(ctx.shape), None, None

@@ -114,3 +114,45 @@ def test_dice_empty_input_and_finite_gradient():
     logits = torch.zeros(3, 5, 5, requires_grad=True)
     dice_loss(logits, torch.zeros(3, 5, 5, dtype=torch.bool)).sum().backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def formula_dice(x, t, eps=5e-6):
+    """dice_loss as the plain formula, floor included, for autograd to differentiate (the hand gradient's check)."""
+    p, t = x.clamp(min=-30).sigmoid().flatten(1), t.flatten(1).to(x.dtype)
+    return 1 - 2 * (p * t).sum(1) / ((p * p).sum(1) + eps + (t * t).sum(1) + eps)
+
+
+@pytest.mark.parametrize("soft_targets", [False, True])
+def test_dice_hand_gradient_passes_gradcheck_on_both_sides_of_the_floor(soft_targets):
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(4, 6, 5, generator=g, dtype=torch.float64) * 25).requires_grad_()  # many below -30
+    targets = torch.rand(4, 6, 5, generator=g, dtype=torch.float64)
+    targets = targets if soft_targets else targets < 0.4
+    targets[3] = 0  # an instance whose target mask is empty
+    assert (logits < -30).any() and (logits > 0).any()
+    assert torch.autograd.gradcheck(lambda x: dice_loss(x, targets), (logits,))
+
+
+def test_dice_hand_gradient_matches_autograd_through_the_formula():
+    """A crowded batch in fp32: tiny, empty and full masks, logits from -100 to 20 (a trained model's range)."""
+    g = torch.Generator().manual_seed(2)
+    targets = torch.zeros(5, 40, 30, dtype=torch.bool)
+    targets[0, 10:12, 5:6] = True  # a 2-pixel object
+    targets[2] = True  # an object that fills the map; instance 1 stays empty
+    targets[3:] = torch.rand(2, 40, 30, generator=g) < 0.5
+    logits = torch.where(targets, 5.0, -60.0) + torch.randn(5, 40, 30, generator=g) * 15
+    results = []
+    for fn in (formula_dice, dice_loss):
+        x = logits.clone().requires_grad_()
+        loss = fn(x, targets)
+        (loss * torch.arange(1.0, 6.0)).sum().backward()  # a different weight per instance
+        results.append((loss.detach(), x.grad))
+    (reference, reference_grad), (hand, hand_grad) = results
+    torch.testing.assert_close(hand, reference, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(hand_grad, reference_grad, rtol=1e-5, atol=1e-6 * float(reference_grad.abs().max()))
+    assert torch.equal(hand_grad == 0, reference_grad == 0)  # zero exactly where the floor cuts the gradient
+
+
+def test_dice_names_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"same \(K, h, w\) shape"):
+        dice_loss(torch.zeros(2, 8, 8), torch.zeros(2, 16, 16, dtype=torch.bool))
