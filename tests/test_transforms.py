@@ -377,6 +377,35 @@ def test_hsv_round_trip_is_exact_for_every_colour():
         assert torch.equal(T.hsv_to_rgb(T.rgb_to_hsv(rgb)), rgb), red
 
 
+def _textbook_hsv_shift(image: torch.Tensor, hue: float, saturation: float, value: float):
+    """The conversions as usually written (torch.where for the maximum's channel, remainders for the wraps): the
+    slow twin that ``rgb_to_hsv`` / ``hsv_to_rgb``'s mask arithmetic must match to the bit."""
+    x = image.float()
+    r, g, b = x
+    v = x.amax(dim=0)
+    chroma = v - x.amin(dim=0)
+    s = 255 * chroma / v.clamp(min=1e-6)
+    c = chroma.clamp(min=1e-6)
+    sextant = torch.where(v == r, (g - b) / c, torch.where(v == g, (b - r) / c + 2, (r - g) / c + 4))
+    h = torch.remainder(sextant, 6) * 30
+    hsv = torch.stack([h, s, v])
+    h, s, v = torch.remainder(h + hue, 180), (s + saturation).clamp(0, 255), (v + value).clamp(0, 255)
+    k = torch.remainder(torch.tensor([5.0, 3.0, 1.0])[:, None, None] + h / 30, 6)
+    rgb = v - v * (s / 255) * torch.minimum(k, 4 - k).clamp(0, 1)
+    return hsv, rgb.round().clamp(0, 255).to(torch.uint8)
+
+
+def test_hsv_matches_the_textbook_formulas_to_the_bit_for_every_colour():
+    for red in range(0, 256, 32):  # 8 chunks of 32 x 256 x 256 colours
+        rgb = torch.stack(torch.meshgrid(torch.arange(red, red + 32), torch.arange(256), torch.arange(256),
+                                         indexing="ij")).reshape(3, 32 * 256, 256).to(torch.uint8)
+        for shift in [(3.0, 10.0, -7.0), (-5.0, -30.0, 30.0)]:
+            hsv, shifted = _textbook_hsv_shift(rgb, *shift)
+            if shift[0] == 3.0:
+                assert torch.equal(T.rgb_to_hsv(rgb), hsv), red
+            assert torch.equal(T.hsv_shift(rgb, *shift), shifted), (red, shift)
+
+
 def test_a_shift_moves_grey_by_value_only_and_colours_by_hand_values():
     grey = torch.full((3, 1, 1), 100, dtype=torch.uint8)
     assert T.hsv_shift(grey, 5, 0, 20)[:, 0, 0].tolist() == [120, 120, 120]  # hue means nothing without chroma
