@@ -29,9 +29,10 @@ masks (a random kernel would switch masks on over the whole image; ``--pieces`` 
 
 ``--pieces`` adds tables of the parts: each inference speed-up on its own for RTMDet-Ins-tiny at 640, its
 decoding stage by stage (with chapter 08's full-canvas mask resizing for comparison, and with masks that
-cover the whole image), each training speed-up for the course preset, and the augmentation pipeline's cost per
-image, and a table of bare training steps from the shipped course model's weights (the state a run spends most of
-its time in), with and without the Dice loss's logit floor. ``--compile`` adds a ``torch.compile`` row (minutes of
+cover the whole image), each training speed-up for the course preset, the augmentation pipeline's cost per
+image and a sample's reading cost with and without ``--cache-images``, and a table of bare training steps from
+the shipped course model's weights (the state a run spends most of its time in), with and without the Dice
+loss's logit floor. ``--compile`` adds a ``torch.compile`` row (minutes of
 compiling on a CPU).
 """
 
@@ -54,6 +55,7 @@ import rtmdet_lesson.losses as losses_module
 import rtmdet_lesson.speed as speed_module
 from rtmdet_lesson.boxes import distance_to_box
 from rtmdet_lesson.checkpoint import load_checkpoint_model
+from rtmdet_lesson.data.cache import DecodedCache
 from rtmdet_lesson.data.coco import sprites_split
 from rtmdet_lesson.data.collate import AugmentedDataset, collate
 from rtmdet_lesson.data.transforms import build_train_pipeline
@@ -367,7 +369,8 @@ def pieces_table(args, data: Path, tmp: Path) -> None:
             ("bf16 autocast (depthwise in fp32)", {**plain, "amp": "bf16"}, True, workers),
             ("bf16 autocast, depthwise in bf16 too", {**plain, "amp": "bf16"}, False, workers),
             ("fast = once + bf16 + channels-last", fast, True, workers),
-            (f"fast, {workers + 1} DataLoader worker(s)", fast, True, workers + 1)]
+            (f"fast, {workers + 1} DataLoader worker(s)", fast, True, workers + 1),
+            ("fast + --cache-images", {**fast, "cache_images": True}, True, workers)]
     plain_rate = None
     for label, settings, fp32_depthwise, workers in rows:
         keep = speed_module.DepthwiseConvFp32.forward
@@ -387,6 +390,11 @@ def pieces_table(args, data: Path, tmp: Path) -> None:
                          ("stage 2: resize, crop, HSV, flip", 2)]:
         seconds = pipeline_seconds(dataset, size, stage, samples=max(16, 4 * args.train_iters))
         print(f"{label:<44}{1000 * seconds:>8.1f}{1 / seconds:>9.1f}", flush=True)
+    cached = DecodedCache(dataset)
+    for label, seconds in zip(["reading a sample: image and masks decoded", "reading a sample: --cache-images"],
+                              sample_seconds([dataset, cached], samples=max(64, 8 * args.train_iters)), strict=True):
+        print(f"{label:<44}{1000 * seconds:>8.2f}{1 / seconds:>9.1f}", flush=True)
+    print(f"(the cache: {cached.nbytes / 2**20:.0f} MiB for {len(cached)} images, filled in {cached.seconds:.1f} s)")
     if SHIPPED.is_file():
         trained_steps_table(args, data)
 
@@ -458,6 +466,17 @@ def pipeline_seconds(dataset, size: int, stage: int, samples: int) -> float:
         pipeline(*item, rng)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def sample_seconds(datasets: list, samples: int) -> list[float]:
+    """Median seconds per ``dataset[i]`` of each of ``datasets`` (the same indices), the datasets in turn."""
+    times = [[] for _ in datasets]
+    for i in range(samples):
+        for spent, dataset in zip(times, datasets, strict=True):
+            start = time.perf_counter()
+            dataset[i % len(dataset)]
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) for spent in times]
 
 
 def probe(what: str, preset: str, mode: str, data: str) -> None:
