@@ -32,13 +32,13 @@ decoding stage by stage (with chapter 08's full-canvas mask resizing for compari
 cover the whole image), each training speed-up for the course preset, the augmentation pipeline's cost per
 image and a sample's reading cost with and without ``--cache-images``, and a table of bare training steps from
 the shipped course model's weights (the state a run spends most of its time in), with and without the Dice
-loss's logit floor. ``--compile`` adds a ``torch.compile`` row (minutes of
-compiling on a CPU).
+loss's logit floor. ``--compile`` adds a ``torch.compile`` row (minutes of compiling on a CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import statistics
@@ -391,9 +391,12 @@ def pieces_table(args, data: Path, tmp: Path) -> None:
         seconds = pipeline_seconds(dataset, size, stage, samples=max(16, 4 * args.train_iters))
         print(f"{label:<44}{1000 * seconds:>8.1f}{1 / seconds:>9.1f}", flush=True)
     cached = DecodedCache(dataset)
-    for label, seconds in zip(["reading a sample: image and masks decoded", "reading a sample: --cache-images"],
-                              sample_seconds([dataset, cached], samples=max(64, 8 * args.train_iters)), strict=True):
-        print(f"{label:<44}{1000 * seconds:>8.2f}{1 / seconds:>9.1f}", flush=True)
+    # the same samples in turn from both: each reader walks the dataset from index 0
+    readers = [lambda source=source, order=order: source[next(order) % len(source)]
+               for source, order in ((dataset, itertools.count()), (cached, itertools.count()))]
+    for label, ms in zip(["reading a sample: image and masks decoded", "reading a sample: --cache-images"],
+                         interleaved_median_ms(readers, runs=max(64, 8 * args.train_iters)), strict=True):
+        print(f"{label:<44}{ms:>8.2f}{1000 / ms:>9.1f}", flush=True)
     print(f"(the cache: {cached.nbytes / 2**20:.0f} MiB for {len(cached)} images, filled in {cached.seconds:.1f} s)")
     if SHIPPED.is_file():
         trained_steps_table(args, data)
@@ -466,17 +469,6 @@ def pipeline_seconds(dataset, size: int, stage: int, samples: int) -> float:
         pipeline(*item, rng)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def sample_seconds(datasets: list, samples: int) -> list[float]:
-    """Median seconds per ``dataset[i]`` of each of ``datasets`` (the same indices), the datasets in turn."""
-    times = [[] for _ in datasets]
-    for i in range(samples):
-        for spent, dataset in zip(times, datasets, strict=True):
-            start = time.perf_counter()
-            dataset[i % len(dataset)]
-            spent.append(time.perf_counter() - start)
-    return [statistics.median(spent) for spent in times]
 
 
 def probe(what: str, preset: str, mode: str, data: str) -> None:

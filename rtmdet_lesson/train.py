@@ -574,7 +574,7 @@ _HELP = {
     "workers": "DataLoader worker processes per training process; on a CPU with few cores 0 can be faster, as "
                "workers compete with the training threads (chapter 09) (default: 2)",
     "cache_images": "decode the training images and masks once and keep them in memory, packed (the sprites: "
-                    "~280 MB); refused if it would take over half the available memory (default: off)",
+                    "232 MiB); refused if it would take over half the available memory (default: off)",
     "amp": "mixed precision: off, fp16 (CUDA) or bf16 (CUDA, or a CPU with AMX) (default: off)",
     "channels_last": "channels-last (NHWC) memory from the first backbone stage on (default: off)",
     "single_cls_pass": "Ins head: run the cls tower once and reuse it for boxes where the reference runs it twice; "

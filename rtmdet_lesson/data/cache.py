@@ -1,15 +1,15 @@
 """Decoded training samples kept in memory: each image and its masks decoded once, not once per epoch (chapter 09).
 
-Reading a sample means decoding its PNG or JPEG and rasterising every polygon or RLE into a mask: about 3.5 ms
-per 288x256 sprite image on a 2-CPU machine, a quarter of what loading and augmenting it costs in stage 2.
+Reading a sample means decoding its PNG or JPEG and rasterising every polygon or RLE into a mask: about 3 ms
+per 288x256 sprite image on a 2-CPU machine, against 0.2 ms from the cache (``bench_speed.py --pieces``).
 ``DecodedCache`` decodes the whole dataset up front, stores the images as uint8 tensors and the masks packed
 eight pixels to a byte (a mask costs H * W / 8 bytes), and hands out copies, so the augmentation can do what it
 likes with them. The samples are the dataset's own, value for value (``tests/test_cache.py``).
 
 It is filled in the training process, before any DataLoader worker is forked: forked workers read the same pages
-(copy-on-write), so a cache of 300 MB stays 300 MB with two workers. It is for datasets that fit in memory, like
-the sprites (1000 images: about 280 MB); COCO's 118k training images would need about 100 GB, and the cache
-refuses up front to take more than half of the memory the machine has available.
+(copy-on-write), so the cache is held once however many workers there are. It is for datasets that fit in
+memory, like the sprites (1000 training images: 232 MiB); COCO's 118k training images would need about 100 GB,
+and the cache refuses up front to take more than half of the memory the machine has available.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ MEMORY_SHARE = 0.5  # the most of the available memory a cache may take
 
 def packed_bytes(dataset) -> int:
     """Bytes a ``DecodedCache`` of ``dataset`` (a ``CocoInstanceDataset``) will hold, from its annotation file
-    alone: 3 * H * W per image and H * ceil(W / 8) per non-crowd annotation."""
+    alone: 3 * H * W per image and H * ceil(W / 8) per non-crowd annotation (exact unless the dataset skips
+    degenerate annotations, which only makes it an overestimate)."""
     total = 0
     for image_id in dataset.ids:
         info = dataset.coco.imgs[image_id]
