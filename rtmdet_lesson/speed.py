@@ -15,7 +15,8 @@ faster. ``speed`` is one switch; each level adds pieces to the one before:
 
 Training: ``prepare_for_training(model, channels_last, amp_dtype, single_cls_pass)`` runs the Ins head's cls
 tower once per step (exact, on by default: the BNs still get the second pass's statistics update), sets
-channels-last memory after the stem (the stem's narrow 3/8/16-channel convs train faster in NCHW) and, under
+channels-last memory from the stem's last conv on (its first two, on 8 channels in the course preset, train
+faster in NCHW) and, under
 CPU bf16 autocast, keeps the depthwise 5x5 convs in fp32, whose bf16 backward is slower than fp32's on oneDNN.
 Weights and state_dict keys are unchanged; ``benchmarks/bench_speed.py`` measures each piece.
 """
@@ -237,8 +238,9 @@ def prepare_for_training(model: nn.Module, channels_last: bool = False, amp_dtyp
 
     ``single_cls_pass``: the Ins head runs its cls tower once and gives the BNs the second pass's statistics
     update (same outputs, gradients and running statistics as the reference's two passes). ``channels_last``:
-    channels-last memory from the backbone's first stage on; the stem and the input stay NCHW (their backward
-    is faster so), and ``ToChannelsLast`` hands the stem an NCHW gradient. Under CPU bf16 autocast: depthwise
+    channels-last memory from the stem's last conv on; the input and the stem's first two convs stay NCHW (BN
+    and SiLU backward on so few channels are several times faster so), and ``ToChannelsLast`` hands them an
+    NCHW gradient. Under CPU bf16 autocast: depthwise
     convs in fp32. Returns the model.
     """
     if hasattr(model.head, "single_cls_pass"):
@@ -246,8 +248,10 @@ def prepare_for_training(model: nn.Module, channels_last: bool = False, amp_dtyp
     device = next(model.parameters()).device
     if channels_last and device.type in ("cpu", "cuda"):
         model.to(memory_format=torch.channels_last)
-        model.backbone.stem.to(memory_format=torch.contiguous_format)
-        model.backbone.stage1.register_forward_pre_hook(_to_channels_last)
+        *narrow, last = model.backbone.stem
+        for layer in narrow:  # the two 3x3 convs on 8 (course) to 32 (s) channels at half resolution
+            layer.to(memory_format=torch.contiguous_format)
+        last.register_forward_pre_hook(_to_channels_last)
     if device.type == "cpu" and amp_dtype == torch.bfloat16:
         for module in model.modules():
             conv = getattr(module, "conv", None)

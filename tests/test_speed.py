@@ -205,7 +205,9 @@ def test_prepare_for_training_keeps_keys_and_the_fp32_computation():
     prepare_for_training(prepared, channels_last=True, amp_dtype=None)
     assert list(prepared.state_dict()) == list(plain.state_dict())
     assert prepared.neck.out_convs[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
-    assert prepared.backbone.stem[0].conv.weight.is_contiguous()  # the stem stays NCHW
+    stem = prepared.backbone.stem  # NCHW up to the stem's last conv
+    assert stem[0].conv.weight.is_contiguous() and stem[1].conv.weight.is_contiguous()
+    assert stem[2].conv.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 64, 64)
     targets = one_object_targets()
     losses = [compute_losses(m(x), targets, (64, 64)) for m in (plain, prepared)]
