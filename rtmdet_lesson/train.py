@@ -59,6 +59,7 @@ REFERENCE_LR = 0.004  # AdamW lr of the official recipe ...
 REFERENCE_BATCH = 256  # ... for its total batch of 8 GPUs x 32 images
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 AUGMENTS = ("reference", "flip", "none")
+CACHE_MODES = ("off", "on", "auto")
 ZERO_POSITIVE_PATIENCE = 10  # first iterations watched for "objects but no positives" (field-notes 1.2)
 
 
@@ -105,9 +106,9 @@ class TrainConfig:
     save_interval: int = 1  # epochs between last.pth writes (always after the last; max_iters and best too)
     seed: int = 0
     workers: int = 2
-    cache_images: bool = False  # decode the training images and masks once, into memory (chapter 09)
+    cache_images: str = "off"  # decode the training set once into memory: "on", "off" or "auto" (if it fits; ch. 09)
     amp: str = "off"  # "off", "fp16" (CUDA, with a grad scaler) or "bf16" (CUDA, or CPUs with AMX/AVX-512)
-    channels_last: bool = False  # NHWC memory after the stem (chapter 09: faster convs on CPU/CUDA)
+    channels_last: bool = False  # NHWC memory from the stem's last conv on (chapter 09: faster convs on CPU/CUDA)
     single_cls_pass: bool = True  # Ins head: one cls-tower pass where the reference runs two (same math; chapter 09)
     device: str | None = None  # None: CUDA, then MPS, then CPU
     export_half: bool = True  # final.pth stores fp16 weights (half the size; loads back as fp32)
@@ -125,13 +126,17 @@ class TrainConfig:
                              f"{self.batch_size}, {self.eval_interval}, {self.save_interval}")
         if self.augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+        cache = {True: "on", False: "off"}.get(self.cache_images, self.cache_images)  # bool: older checkpoints
+        if cache not in CACHE_MODES:
+            raise ValueError(f"cache_images must be one of {CACHE_MODES}, got {self.cache_images!r}")
         if self.amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
         stage2 = self.stage2_epochs if self.stage2_epochs is not None else round(self.epochs * 20 / 300)
         if not 0 <= stage2 <= self.epochs:
             raise ValueError(f"stage2_epochs {stage2} must lie between 0 and epochs ({self.epochs})")
         lr = self.lr if self.lr is not None else scaled_lr(self.batch_size * world_size)
-        return TrainConfig(**{**asdict(self), "image_size": image_size, "stage2_epochs": stage2, "lr": lr})
+        return TrainConfig(**{**asdict(self), "image_size": image_size, "stage2_epochs": stage2, "lr": lr,
+                              "cache_images": cache})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -311,7 +316,8 @@ class _StopRequest:
 
 
 def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, on_step, stop) -> dict:
-    from rtmdet_lesson.data.cache import DecodedCache
+    from rtmdet_lesson.data.cache import MEMORY_SHARE, DecodedCache
+    from rtmdet_lesson.data.cache import too_big as cache_too_big
     from rtmdet_lesson.data.collate import AugmentedDataset, collate, worker_init_fn
     from rtmdet_lesson.ema import ExpMomentumEMA
     from rtmdet_lesson.schedule import build_lr_scheduler, param_groups
@@ -327,7 +333,11 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
 
     train_raw, val_ds = build_datasets(config)
     class_names = list(train_raw.class_names)
-    if config.cache_images:
+    # every rank holds its own cache, so "auto" leaves each of them its share of the memory
+    too_big = config.cache_images == "auto" and cache_too_big(train_raw, MEMORY_SHARE / info.world_size)
+    if too_big:
+        _say(info, f"--cache-images auto: not caching, {too_big}; each image is decoded when it is used")
+    elif config.cache_images != "off":
         train_raw = DecodedCache(train_raw)
         _say(info, f"decoded {len(train_raw)} training images into memory ({train_raw.nbytes / 2**20:.0f} MiB, "
                    f"{train_raw.seconds:.1f} s)")
@@ -574,9 +584,10 @@ _HELP = {
     "workers": "DataLoader worker processes per training process; on a CPU with few cores 0 can be faster, as "
                "workers compete with the training threads (chapter 09) (default: 2)",
     "cache_images": "decode the training images and masks once and keep them in memory, packed (the sprites: "
-                    "232 MiB); refused if it would take over half the available memory (default: off)",
+                    "232 MiB): on (refused if it would take over half the available memory), auto (only if it "
+                    "fits; what --fast sets) or off (default: off; --cache-images alone: on)",
     "amp": "mixed precision: off, fp16 (CUDA) or bf16 (CUDA, or a CPU with AMX) (default: off)",
-    "channels_last": "channels-last (NHWC) memory from the first backbone stage on (default: off)",
+    "channels_last": "channels-last (NHWC) memory from the stem's last conv on (default: off)",
     "single_cls_pass": "Ins head: run the cls tower once and reuse it for boxes where the reference runs it twice; "
                        "same outputs, gradients and BN statistics, less time (default: on)",
     "device": "cpu, cuda or mps (default: the best available)",
@@ -602,8 +613,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="stop after this many iterations in total (writes last.pth to resume from)")
     parser.add_argument("--bf16", action="store_true", help="shorthand for --amp bf16")
     parser.add_argument("--fast", action="store_true",
-                        help="the fast settings (chapter 09): --channels-last and the fast mixed precision of the "
-                             "device (bf16 on AMX/AVX-512 CPUs and on CUDA with bf16, fp16 on older CUDA)")
+                        help="the fast settings (chapter 09): --channels-last, the fast mixed precision of the "
+                             "device (bf16 on AMX/AVX-512 CPUs and on CUDA with bf16, fp16 on older CUDA) and "
+                             "--cache-images auto; settings given as well win over these")
     recipe = parser.add_argument_group("recipe (defaults: the reference's, rtmdet-ins-facts section 10)")
     types = {"image_size": int, "lr": float, "stage2_epochs": int, "device": str}
     for f in fields(TrainConfig):
@@ -614,16 +626,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
             recipe.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=_HELP[f.name])
         else:
             kind = types.get(f.name, type(f.default))
-            choices = {"amp": list(AMP_DTYPES), "augment": list(AUGMENTS)}.get(f.name)
-            recipe.add_argument(flag, type=kind, default=None, choices=choices, help=_HELP[f.name])
+            choices = {"amp": list(AMP_DTYPES), "augment": list(AUGMENTS), "cache_images": CACHE_MODES}.get(f.name)
+            const = {"nargs": "?", "const": "on"} if f.name == "cache_images" else {}  # the bare flag means on
+            recipe.add_argument(flag, type=kind, default=None, choices=choices, help=_HELP[f.name], **const)
     return parser
 
 
 def fast_training_settings(device: torch.device) -> dict:
-    """What ``train --fast`` turns on for ``device`` (chapter 09): channels-last, and the device's fast mixed
-    precision where it has one (bf16 on AMX/AVX-512 CPUs and on CUDA with bf16, fp16 on older CUDA)."""
+    """What ``train --fast`` turns on for ``device`` (chapter 09): channels-last, the device's fast mixed
+    precision where it has one (bf16 on AMX/AVX-512 CPUs and on CUDA with bf16, fp16 on older CUDA), and the
+    decoded training set in memory if it fits (``cache_images="auto"``)."""
     low = low_precision_dtype(device)
-    settings = {"channels_last": True}
+    settings = {"channels_last": True, "cache_images": "auto"}
     if low is not None:
         settings["amp"] = {torch.bfloat16: "bf16", torch.float16: "fp16"}[low]
     return settings
@@ -635,12 +649,13 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
     if args.data and (args.images or args.annotations):
         raise ValueError("give either --data DIR or --images DIR --annotations FILE, not both")
     settings = asdict(base) if base is not None else {}
-    settings.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                     if f.name in _HELP and getattr(args, f.name, None) is not None})
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+             if f.name in _HELP and getattr(args, f.name, None) is not None}
+    if getattr(args, "fast", False):  # under what was given: --fast --cache-images off keeps the cache off
+        settings.update(fast_training_settings(pick_device(given.get("device", settings.get("device")))))
+    settings.update(given)
     if args.bf16:
         settings["amp"] = "bf16"
-    if getattr(args, "fast", False):
-        settings.update(fast_training_settings(pick_device(settings.get("device"))))
     if args.images or args.annotations:
         settings.update(data=None, train_images=args.images, train_annotations=args.annotations,
                         val_images=args.val_images, val_annotations=args.val_annotations)

@@ -1,9 +1,11 @@
 """DecodedCache (chapter 09): the dataset's samples value for value, copies that augmentation may change, an
-exact size estimate, a clear refusal when memory is short, and a training run that does not notice it."""
+exact size estimate, a clear refusal when memory is short, a training run that does not notice it, and
+``--cache-images auto`` (what ``--fast`` sets) caching only what fits."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -84,7 +86,7 @@ def test_samples_are_copies(odd):
 
 def test_refuses_when_memory_is_short(odd, monkeypatch):
     monkeypatch.setattr(cache_module, "available_memory_bytes", lambda: 2 * packed_bytes(odd) - 1)
-    with pytest.raises(MemoryError, match="without --cache-images"):
+    with pytest.raises(MemoryError, match="with --cache-images off"):
         DecodedCache(odd)
     monkeypatch.setattr(cache_module, "available_memory_bytes", lambda: None)  # cannot tell: it tries
     assert len(DecodedCache(odd)) == 2
@@ -93,13 +95,25 @@ def test_refuses_when_memory_is_short(odd, monkeypatch):
 def test_training_with_the_cache_takes_the_same_steps(sprites, tmp_path):
     settings = dict(data=str(sprites), image_size=64, epochs=1, batch_size=4, workers=0, lr=0.002, warmup_iters=1,
                     mosaic=False, mixup=False, stage2_epochs=0, eval_interval=100, progress=False)
-    plain, cached = (train(TrainConfig(out=str(tmp_path / str(cache)), cache_images=cache, **settings))
-                     for cache in (False, True))
-    logs = [[json.loads(line) for line in (tmp_path / str(c) / "log.jsonl").read_text().splitlines()]
-            for c in (False, True)]
+    plain, cached = (train(TrainConfig(out=str(tmp_path / cache), cache_images=cache, **settings))
+                     for cache in ("off", "on"))
+    logs = [[json.loads(line) for line in (tmp_path / c / "log.jsonl").read_text().splitlines()]
+            for c in ("off", "on")]
     losses = [[r["loss"] for r in log if "event" not in r] for log in logs]
     assert len(losses[0]) == 2 and losses[0] == losses[1]
     plain_state, cached_state = plain["train_model"].state_dict(), cached["train_model"].state_dict()
     assert plain_state.keys() == cached_state.keys()
     for key, value in plain_state.items():
         assert torch.equal(value, cached_state[key]), key
+
+
+@pytest.mark.parametrize("fits", [True, False])
+def test_auto_caches_only_what_fits_and_says_which(sprites, tmp_path, monkeypatch, caplog, fits):
+    needed = packed_bytes(sprites_split(sprites, "train"))
+    monkeypatch.setattr(cache_module, "available_memory_bytes", lambda: 2 * needed + (1 if fits else -1))
+    settings = dict(data=str(sprites), image_size=64, epochs=1, batch_size=4, workers=0, warmup_iters=1,
+                    mosaic=False, mixup=False, stage2_epochs=0, eval_interval=100, progress=False)
+    with caplog.at_level(logging.INFO, logger="rtmdet_lesson.train"):
+        train(TrainConfig(out=str(tmp_path), cache_images="auto", **settings), max_iters=1)
+    cached, refused = "decoded 8 training images into memory", "--cache-images auto: not caching, caching the"
+    assert (cached in caplog.text, refused in caplog.text) == (fits, not fits)

@@ -20,6 +20,7 @@ from rtmdet_lesson import criterion
 from rtmdet_lesson import train as train_module
 from rtmdet_lesson.checkpoint import load_checkpoint, load_checkpoint_model
 from rtmdet_lesson.data.sprites import generate_sprites
+from rtmdet_lesson.speed import low_precision_dtype
 from rtmdet_lesson.train import TrainConfig, add_train_arguments, config_from_args, scaled_lr, train
 
 
@@ -277,6 +278,21 @@ def test_command_line_overrides_every_setting():
         settable | {"out", "preset"})
     with pytest.raises(ValueError, match="either --data"):
         config_from_args(parser.parse_args(["--data", "d", "--images", "i", "--annotations", "a"]))
+
+
+def test_fast_sets_its_settings_under_the_ones_given():
+    parser = add_train_arguments(argparse.ArgumentParser())
+    fast = config_from_args(parser.parse_args(["--fast"]))
+    assert fast.channels_last and fast.cache_images == "auto"
+    assert fast.amp == ("bf16" if low_precision_dtype(torch.device("cpu")) else "off")
+    mine = config_from_args(parser.parse_args(["--fast", "--cache-images", "off", "--no-channels-last"]))
+    assert (mine.cache_images, mine.channels_last) == ("off", False)  # what was given wins
+    assert config_from_args(parser.parse_args(["--cache-images"])).cache_images == "on"  # the bare flag
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--cache-images", "yes"])
+    assert TrainConfig(cache_images=True).resolve().cache_images == "on"  # a checkpoint's older bool setting
+    with pytest.raises(ValueError, match="cache_images must be one of"):
+        TrainConfig(cache_images="maybe").resolve()
 
 
 def test_cli_trains_then_resumes_with_the_saved_settings(sprites, tmp_path):

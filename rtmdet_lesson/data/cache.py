@@ -10,6 +10,7 @@ It is filled in the training process, before any DataLoader worker is forked: fo
 (copy-on-write), so the cache is held once however many workers there are. It is for datasets that fit in
 memory, like the sprites (1000 training images: 232 MiB); COCO's 118k training images would need about 100 GB,
 and the cache refuses up front to take more than half of the memory the machine has available.
+``train --fast`` caches when the training set fits (``--cache-images auto``) and says so when it does not.
 """
 
 from __future__ import annotations
@@ -52,6 +53,16 @@ def available_memory_bytes() -> int | None:
         return None
 
 
+def too_big(dataset, memory_share: float = MEMORY_SHARE) -> str | None:
+    """Why a ``DecodedCache`` of ``dataset`` would take more than ``memory_share`` of the available memory, or None
+    if it fits (or the available memory cannot be told)."""
+    needed, available = packed_bytes(dataset), available_memory_bytes()
+    if available is None or needed <= memory_share * available:
+        return None
+    return (f"caching the decoded images of {dataset.annotation_file} needs about {needed / 2**30:.1f} GiB, more "
+            f"than {memory_share:.0%} of the {available / 2**30:.1f} GiB available")
+
+
 class DecodedCache(torch.utils.data.Dataset):
     """A ``CocoInstanceDataset`` decoded once into memory; ``cache[i]`` equals ``dataset[i]``. Chapter 09.
 
@@ -59,13 +70,9 @@ class DecodedCache(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset, memory_share: float = MEMORY_SHARE):
-        needed, available = packed_bytes(dataset), available_memory_bytes()
-        if available is not None and needed > memory_share * available:
-            raise MemoryError(
-                f"caching the decoded images of {dataset.annotation_file} needs about {needed / 2**30:.1f} GiB, "
-                f"more than {memory_share:.0%} of the {available / 2**30:.1f} GiB available; train without "
-                "--cache-images (each image is then decoded when it is used)"
-            )
+        reason = too_big(dataset, memory_share)
+        if reason:
+            raise MemoryError(f"{reason}; train with --cache-images off (each image is then decoded when it is used)")
         start = time.perf_counter()
         self.class_names = dataset.class_names
         self.annotation_file = dataset.annotation_file
