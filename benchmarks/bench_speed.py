@@ -14,13 +14,14 @@ the reference's training computation, fp32; ``fast``: ``optimize_for_inference(m
 - predict MiB: peak memory of one predict above what the process held before it (CPU: resident set,
   measured in a fresh process, see ``probe_memory``; CUDA: allocated tensors);
 - train img/s: ``rtmdet_lesson.train`` itself on the sprites train split (data loading in ``--workers``
-  processes, default 0: in the training process; augmentation, forward, losses, backward, AdamW, EMA),
+  processes, default 0: in the training process; reading, augmentation, forward, losses, backward, AdamW, EMA),
   images per second from the median iteration time of ``--train-iters`` iterations (three times as many for
-  the course preset, whose steps are short), run in ``--train-rounds`` rounds in which plain and fast take
-  turns (3 warm-up iterations each), so that a slow spell of a shared machine does not fall on one mode only;
-  train MiB: peak memory of 3 iterations (model, optimizer and EMA included; workers=0). ``plain`` trains as
-  the reference computes (fp32, NCHW, the Ins head's cls tower run twice); ``fast`` is ``train --fast`` (bf16,
-  channels-last, the cls tower once).
+  the course preset, whose steps are short) after 3 warm-up ones. Plain and fast train in two processes that
+  take turns iteration by iteration (``lockstep_rates``), so that a slow spell of a shared machine falls on
+  both; train MiB: peak memory of 3 iterations (model, optimizer and EMA included; workers=0). ``plain`` trains
+  as the reference computes (fp32, NCHW, the Ins head's cls tower run twice, every image decoded when it is
+  used); ``fast`` is ``train --fast`` (bf16, channels-last, the cls tower once, the decoded training set in
+  memory).
 
 The models are randomly initialised but made busy as trained ones: BN statistics calibrated on the input,
 classifier bias 0 (every prior scores about 0.5, so NMS keeps ``max_per_img`` = 100), and a mask kernel giving
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import multiprocessing
 import os
 import platform
 import statistics
@@ -239,16 +241,63 @@ def iteration_seconds(preset: str, size: int, batch: int, settings: dict, iters:
     return list(np.diff(stamps[2:])) if iters else []
 
 
-def train_rates(preset: str, size: int, batch: int, settings: list[dict], iters: int, rounds: int, workers: int,
-                data: Path, tmp: Path) -> list[float]:
-    """Images per second of each of ``settings``: the batch over the median iteration time. The settings take
-    turns in ``rounds`` rounds of ``iters / rounds`` iterations each, so that a slow spell of a shared machine
-    falls on all of them rather than on one (a median, so that a moment of interference does not move it)."""
-    per_round = max(1, -(-iters // rounds))  # ceil
+def _lockstep_child(conn, preset: str, size: int, batch: int, settings: dict, fp32_depthwise: bool, iters: int,
+                    workers: int, data: str, out: str, threads: int) -> None:
+    """One mode of ``lockstep_rates``, in its own process: ``train`` itself, which after every iteration sends the
+    seconds since it was handed the turn and waits for the next turn."""
+    torch.set_num_threads(threads)
+    if not fp32_depthwise:  # measure what the fp32 depthwise convs buy by switching them back
+        speed_module.DepthwiseConvFp32.forward = torch.nn.Conv2d.forward
+    conn.recv()  # the first turn
+    turn = [time.perf_counter()]
+
+    def pass_turn(record: dict) -> None:
+        conn.send(time.perf_counter() - turn[0])
+        conn.recv()
+        turn[0] = time.perf_counter()
+
+    config = TrainConfig(preset=preset, data=data, out=out, image_size=size, epochs=100, batch_size=batch,
+                         warmup_iters=10, mosaic=False, mixup=False, workers=workers, progress=False, **settings)
+    train(config, max_iters=3 + iters, on_step=pass_turn)
+
+
+def lockstep_rates(preset: str, size: int, batch: int, settings: list[dict], iters: int, workers: int, data: Path,
+                   tmp: Path, fp32_depthwise: list[bool] | None = None) -> list[float]:
+    """Images per second of each of ``settings``: the batch over the median of ``iters`` iterations of
+    ``rtmdet_lesson.train`` (after 3 warm-up ones). Each setting trains in its own process and the processes take
+    turns iteration by iteration, so that every iteration of one has a neighbour of the other seconds away: on a
+    shared machine whose speed drifts from minute to minute the drift falls on all of them alike (the ratio of two
+    runs taken one after the other moves by 10-20 % here). With ``workers`` > 0 a setting's DataLoader workers
+    keep preparing batches during the other settings' turns, which hides part of its data loading.
+    ``fp32_depthwise[i]`` False runs setting i's depthwise convs in bf16 under bf16 autocast."""
+    context = multiprocessing.get_context("spawn")  # a fresh process: no OpenMP state copied by fork
+    pipes, children = [], []
+    for i, (setting, fp32) in enumerate(zip(settings, fp32_depthwise or [True] * len(settings), strict=True)):
+        ours, theirs = context.Pipe()
+        child = context.Process(target=_lockstep_child, daemon=True, args=(
+            theirs, preset, size, batch, setting, fp32, iters, workers, str(data), str(tmp / f"lockstep{i}"),
+            torch.get_num_threads()))
+        child.start()
+        pipes.append(ours)
+        children.append(child)
     seconds = [[] for _ in settings]
-    for _ in range(rounds):
-        for times, setting in zip(seconds, settings, strict=True):
-            times += iteration_seconds(preset, size, batch, setting, per_round, workers, data, tmp)
+    try:
+        for iteration in range(3 + iters):
+            for conn, times, setting in zip(pipes, seconds, settings, strict=True):
+                conn.send(None)  # your turn
+                try:
+                    spent = conn.recv()
+                except (EOFError, ConnectionError):
+                    raise RuntimeError(f"the training process of {setting} stopped (its traceback is above)") from None
+                if iteration >= 3:
+                    times.append(spent)
+        for conn in pipes:
+            conn.send(None)  # finish
+    finally:
+        for child in children:
+            child.join(timeout=60)
+            if child.is_alive():
+                child.kill()
     return [batch / statistics.median(times) for times in seconds]
 
 
@@ -305,8 +354,8 @@ def main_table(args, data: Path, tmp: Path) -> None:
         model = busy_model(preset, x)
         rates = [float("nan")] * len(modes)
         if args.train_iters:
-            rates = train_rates(preset, size, batch, [training_settings(m) for m in modes],
-                                iters_scale * args.train_iters, args.train_rounds, args.workers, data, tmp)
+            rates = lockstep_rates(preset, size, batch, [training_settings(m) for m in modes],
+                                   iters_scale * args.train_iters, args.workers, data, tmp)
         for mode, img_s in zip(modes, rates, strict=True):
             net = model if mode == "plain" else optimize_for_inference(model, "fast")
             with torch.inference_mode():
@@ -360,28 +409,24 @@ def pieces_table(args, data: Path, tmp: Path) -> None:
         return
     preset, size, _, batch, _ = CASES[0]
     print(f"\n# training pieces: {preset}, {size}x{size}, batch {batch}, img/s of the real loop "
-          f"({args.train_iters} iterations after 3)")
+          f"({args.train_iters} iterations after 3; the rows take turns iteration by iteration, the last one alone)")
     print(f"{'training':<44}{'img/s':>8}{'x plain':>9}")
-    plain, fast, workers = training_settings("plain"), training_settings("fast"), args.workers
-    rows = [("plain: the reference loop in fp32", plain, True, workers),  # (label, settings, fp32 depthwise, workers)
-            ("cls tower once (the default)", {**plain, "single_cls_pass": True}, True, workers),
-            ("channels-last", {**plain, "channels_last": True}, True, workers),
-            ("bf16 autocast (depthwise in fp32)", {**plain, "amp": "bf16"}, True, workers),
-            ("bf16 autocast, depthwise in bf16 too", {**plain, "amp": "bf16"}, False, workers),
-            ("fast = once + bf16 + channels-last", fast, True, workers),
-            (f"fast, {workers + 1} DataLoader worker(s)", fast, True, workers + 1),
-            ("fast + --cache-images", {**fast, "cache_images": True}, True, workers)]
-    plain_rate = None
-    for label, settings, fp32_depthwise, workers in rows:
-        keep = speed_module.DepthwiseConvFp32.forward
-        if not fp32_depthwise:  # measure what the fp32 depthwise convs buy by switching them back
-            speed_module.DepthwiseConvFp32.forward = torch.nn.Conv2d.forward
-        try:
-            rate, = train_rates(preset, size, batch, [settings], args.train_iters, 1, workers, data, tmp)
-        finally:
-            speed_module.DepthwiseConvFp32.forward = keep
-        plain_rate = plain_rate or rate
-        print(f"{label:<44}{rate:>8.1f}{rate / plain_rate:>9.2f}", flush=True)
+    plain, fast = training_settings("plain"), training_settings("fast")
+    rows = [("plain: the reference loop in fp32", plain, True),  # (label, settings, fp32 depthwise)
+            ("cls tower once (the default)", {**plain, "single_cls_pass": True}, True),
+            ("channels-last", {**plain, "channels_last": True}, True),
+            ("bf16 autocast (depthwise in fp32)", {**plain, "amp": "bf16"}, True),
+            ("bf16 autocast, depthwise in bf16 too", {**plain, "amp": "bf16"}, False),
+            ("fast, images decoded each time (cache off)", {**fast, "cache_images": "off"}, True),
+            ("fast = once + bf16 + channels-last + cache", fast, True)]
+    rates = lockstep_rates(preset, size, batch, [settings for _, settings, _ in rows], args.train_iters,
+                           args.workers, data, tmp, [fp32 for _, _, fp32 in rows])
+    # a DataLoader worker would prepare batches during the other rows' turns: this row runs on its own
+    alone = batch / statistics.median(iteration_seconds(preset, size, batch, fast, args.train_iters,
+                                                        args.workers + 1, data, tmp))
+    labels = [label for label, _, _ in rows] + [f"fast, {args.workers + 1} DataLoader worker(s), on its own"]
+    for label, rate in zip(labels, [*rates, alone], strict=True):
+        print(f"{label:<44}{rate:>8.1f}{rate / rates[0]:>9.2f}", flush=True)
 
     print(f"\n# the augmentation pipeline per image, one process (each DataLoader worker runs one), {size}x{size}")
     print(f"{'pipeline':<44}{'ms/img':>8}{'img/s':>9}")
@@ -494,7 +539,7 @@ def main() -> None:
     parser.add_argument("--train-iters", type=int, default=12,
                         help="timed training iterations per mode (0: skip training)")
     parser.add_argument("--train-rounds", type=int, default=3,
-                        help="rounds in which the modes take turns training (default 3)")
+                        help="rounds of the bare training steps table of --pieces (default 3)")
     parser.add_argument("--workers", type=int, default=0,
                         help="DataLoader workers in the training rows (default 0: on a 2-core machine a worker "
                              "process competes with the training threads and slows both modes)")
