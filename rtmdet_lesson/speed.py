@@ -16,8 +16,8 @@ faster. ``speed`` is one switch; each level adds pieces to the one before:
 Training: ``prepare_for_training(model, channels_last, amp_dtype, single_cls_pass)`` runs the Ins head's cls
 tower once per step (exact, on by default: the BNs still get the second pass's statistics update), sets
 channels-last memory from the stem's last conv on (its first two, on 8 channels in the course preset, train
-faster in NCHW) and, under
-CPU bf16 autocast, keeps the depthwise 5x5 convs in fp32, whose bf16 backward is slower than fp32's on oneDNN.
+faster in NCHW) and, under CPU bf16 autocast, keeps the depthwise 5x5 convs in fp32, whose bf16 backward is slower
+than fp32's on oneDNN.
 Weights and state_dict keys are unchanged; ``benchmarks/bench_speed.py`` measures each piece.
 """
 
@@ -240,8 +240,7 @@ def prepare_for_training(model: nn.Module, channels_last: bool = False, amp_dtyp
     update (same outputs, gradients and running statistics as the reference's two passes). ``channels_last``:
     channels-last memory from the stem's last conv on; the input and the stem's first two convs stay NCHW (BN
     and SiLU backward on so few channels are several times faster so), and ``ToChannelsLast`` hands them an
-    NCHW gradient. Under CPU bf16 autocast: depthwise
-    convs in fp32. Returns the model.
+    NCHW gradient. Under CPU bf16 autocast: depthwise convs in fp32. Returns the model.
     """
     if hasattr(model.head, "single_cls_pass"):
         model.head.single_cls_pass = single_cls_pass

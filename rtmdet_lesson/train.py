@@ -316,8 +316,7 @@ class _StopRequest:
 
 
 def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, on_step, stop) -> dict:
-    from rtmdet_lesson.data.cache import MEMORY_SHARE, DecodedCache
-    from rtmdet_lesson.data.cache import too_big as cache_too_big
+    from rtmdet_lesson.data.cache import MEMORY_SHARE, DecodedCache, too_big
     from rtmdet_lesson.data.collate import AugmentedDataset, collate, worker_init_fn
     from rtmdet_lesson.ema import ExpMomentumEMA
     from rtmdet_lesson.schedule import build_lr_scheduler, param_groups
@@ -334,9 +333,9 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
     train_raw, val_ds = build_datasets(config)
     class_names = list(train_raw.class_names)
     # every rank holds its own cache, so "auto" leaves each of them its share of the memory
-    too_big = config.cache_images == "auto" and cache_too_big(train_raw, MEMORY_SHARE / info.world_size)
-    if too_big:
-        _say(info, f"--cache-images auto: not caching, {too_big}; each image is decoded when it is used")
+    refusal = config.cache_images == "auto" and too_big(train_raw, MEMORY_SHARE / info.world_size)
+    if refusal:
+        _say(info, f"--cache-images auto: not caching, {refusal}; each image is decoded when it is used")
     elif config.cache_images != "off":
         train_raw = DecodedCache(train_raw)
         _say(info, f"decoded {len(train_raw)} training images into memory ({train_raw.nbytes / 2**20:.0f} MiB, "
