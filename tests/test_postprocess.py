@@ -66,6 +66,22 @@ def test_select_candidates_is_multi_label_per_level_topk():
     assert len(set(prior_index.tolist())) < len(prior_index)  # some prior gives two classes: multi-label
 
 
+@pytest.mark.parametrize("nms_pre", [1, 7, 63, 64, 65, 200, 639, 640, 5000])
+def test_select_candidates_top_priors_hold_the_best_pairs_even_when_few_priors_hold_them_all(nms_pre):
+    """The top-k runs over the k priors with the best top class (module doc); here two priors own the 20 best
+    pairs of an 8x8 level with 10 classes, and k crosses the prior count (64) and the pair count (640)."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(10, 8, 8, generator=g)  # (C, H, W), distinct values: no ties to break
+    logits[:, 2, 5] += 20.0
+    logits[:, 7, 0] += 10.0
+    prior_index, labels, scores = select_candidates([logits], 0.3, nms_pre)
+    flat = logits.permute(1, 2, 0).reshape(-1)  # every pair, prior-major
+    best, index = flat.topk(min(nms_pre, flat.numel()))
+    index = index[best.sigmoid() > 0.3]
+    assert prior_index.tolist() == (index // 10).tolist() and labels.tolist() == (index % 10).tolist()
+    assert torch.equal(scores, flat[index].sigmoid())
+
+
 def synthetic_outputs(instances, num_classes=3, with_mask=True):
     """HeadOutput whose instances have known boxes and a mask that is exactly "inside the box, shrunk by 8 px".
 
