@@ -31,6 +31,8 @@ import torch.nn.functional as F
 
 from rtmdet_lesson.preprocess import Letterbox
 
+WINDOW_FLOATS = 2**18  # window values computed per batched product (1 MiB of fp32): a few big windows or many small
+
 
 def interpolation_matrix(in_size: int, out_size: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """``(out_size, in_size)`` weights of 1-D bilinear resizing (align_corners False), as ``F.interpolate`` uses.
@@ -84,16 +86,26 @@ def masks_to_original(logits: torch.Tensor, letterbox: Letterbox, mask_thr: floa
     size_y, size_x = _next_power_of_two(y1 - y0).clamp(max=h0), _next_power_of_two(x1 - x0).clamp(max=w0)
     group = torch.where(on, size_y * (w0 + 1) + size_x, -1)
     for key in group[on].unique().tolist():
-        members = torch.nonzero(group == key).flatten()  # (n,)
         wh, ww = divmod(key, w0 + 1)  # the group's window (wh, ww)
+        members = torch.nonzero(group == key).flatten()  # (n,)
         top = y0[members].clamp(max=h0 - wh)  # (n,) moved up/left where the window would leave the image
         left = x0[members].clamp(max=w0 - ww)  # (n,)
-        rows, a_rows = _window(a_y, y_first, y_last, top, wh)  # (n, wh) output rows, (n, wh, rh) their weights
-        cols, a_cols = _window(a_x, x_first, x_last, left, ww)  # (n, ww), (n, ww, rw)
-        inputs = logits[members[:, None, None], rows[:, :, None], cols[:, None, :]]  # (n, rh, rw) what they read
-        window = torch.bmm(torch.bmm(a_rows, inputs), a_cols.transpose(1, 2)) > logit_thr  # (n, wh, ww)
-        for i, y, x, on_pixels in zip(members.tolist(), top.tolist(), left.tolist(), window, strict=True):
-            masks[i, y : y + wh, x : x + ww] = on_pixels
+        per_product = WINDOW_FLOATS // (wh * ww)  # instances per batched product: their values stay in the cache
+        if per_product <= 1:  # windows too big to share a product: one at a time, on slices of the matrices
+            spans = torch.stack([y_first[top], y_last[top + wh - 1] + 1, x_first[left], x_last[left + ww - 1] + 1], 1)
+            for i, y, x, (r0, r1, c0, c1) in zip(members.tolist(), top.tolist(), left.tolist(), spans.tolist(),
+                                                             strict=True):
+                window = torch.mm(torch.mm(a_y[y : y + wh, r0:r1], logits[i, r0:r1, c0:c1]), a_x[x : x + ww, c0:c1].T)
+                torch.gt(window, logit_thr, out=masks[i, y : y + wh, x : x + ww])
+            continue
+        for part in torch.arange(len(members)).split(per_product):
+            rows, a_rows = _window(a_y, y_first, y_last, top[part], wh)  # (n, rh) input rows, (n, wh, rh) weights
+            cols, a_cols = _window(a_x, x_first, x_last, left[part], ww)  # (n, rw), (n, ww, rw)
+            inputs = logits[members[part, None, None], rows[:, :, None], cols[:, None, :]]  # (n, rh, rw) they read
+            window = torch.bmm(torch.bmm(a_rows, inputs), a_cols.transpose(1, 2)) > logit_thr  # (n, wh, ww)
+            for i, y, x, on_pixels in zip(members[part].tolist(), top[part].tolist(), left[part].tolist(), window,
+                                          strict=True):
+                masks[i, y : y + wh, x : x + ww] = on_pixels
     return masks
 
 

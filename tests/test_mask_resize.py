@@ -70,6 +70,18 @@ def test_masks_everywhere_still_match():
     assert masks.float().mean() > 0.5
 
 
+def test_many_windows_of_one_size_split_into_several_batched_products():
+    """300 objects of one size share a window size; WINDOW_FLOATS caps how many go into one product."""
+    box = letterbox_geometry((333, 517), (640, 640))
+    logits = torch.full((300, 80, 80), -5.0)
+    g = torch.Generator().manual_seed(3)
+    for i, (y, x) in enumerate(zip(torch.randint(0, 41, (300,), generator=g).tolist(),  # content rows 0..41
+                                   torch.randint(0, 80, (300,), generator=g).tolist(), strict=True)):
+        logits[i, y : y + 2, x : x + 2] = 3.0  # 2x2 stride-8 cells, cut by the right and bottom edges at times
+    masks = assert_same_masks(logits, box, 0.5)
+    assert masks.any(dim=(1, 2)).all()
+
+
 def test_tiny_objects_of_one_stride8_pixel():
     box = letterbox_geometry((240, 320), (320, 320))
     logits = torch.full((3, 40, 40), -5.0)
