@@ -274,7 +274,8 @@ def lockstep_rates(preset: str, size: int, batch: int, settings: list[dict], ite
     pipes, children = [], []
     for i, (setting, fp32) in enumerate(zip(settings, fp32_depthwise or [True] * len(settings), strict=True)):
         ours, theirs = context.Pipe()
-        child = context.Process(target=_lockstep_child, daemon=True, args=(
+        # not a daemon: a daemonic process may not start the DataLoader workers of --workers > 0
+        child = context.Process(target=_lockstep_child, daemon=False, args=(
             theirs, preset, size, batch, setting, fp32, iters, workers, str(data), str(tmp / f"lockstep{i}"),
             torch.get_num_threads()))
         child.start()
