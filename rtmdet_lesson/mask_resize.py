@@ -92,9 +92,10 @@ def masks_to_original(logits: torch.Tensor, letterbox: Letterbox, mask_thr: floa
         left = x0[members].clamp(max=w0 - ww)  # (n,)
         per_product = WINDOW_FLOATS // (wh * ww)  # instances per batched product: their values stay in the cache
         if per_product <= 1:  # windows too big to share a product: one at a time, on slices of the matrices
+            # (n, 4): the input rows [r0, r1) and columns [c0, c1) each window reads
             spans = torch.stack([y_first[top], y_last[top + wh - 1] + 1, x_first[left], x_last[left + ww - 1] + 1], 1)
-            for i, y, x, (r0, r1, c0, c1) in zip(members.tolist(), top.tolist(), left.tolist(), spans.tolist(),
-                                                             strict=True):
+            windows = zip(members.tolist(), top.tolist(), left.tolist(), spans.tolist(), strict=True)
+            for i, y, x, (r0, r1, c0, c1) in windows:
                 window = torch.mm(torch.mm(a_y[y : y + wh, r0:r1], logits[i, r0:r1, c0:c1]), a_x[x : x + ww, c0:c1].T)
                 torch.gt(window, logit_thr, out=masks[i, y : y + wh, x : x + ww])
             continue

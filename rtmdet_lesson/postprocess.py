@@ -142,14 +142,15 @@ def select_candidates(
         c, h, w = logits.shape
         per_prior = logits.reshape(c, h * w)  # (C, P)
         k = min(nms_pre, c * h * w)
-        rows = per_prior.amax(dim=0).topk(k).indices if k < h * w else None  # (k,) the priors that can win
-        pairs = (per_prior if rows is None else per_prior[:, rows]).T.reshape(-1)  # (R*C,), prior-major
+        # (k,) the priors that can hold a top-k pair, those with the best top class; None: all of them (k >= P)
+        contenders = per_prior.amax(dim=0).topk(k).indices if k < h * w else None
+        pairs = (per_prior if contenders is None else per_prior[:, contenders]).T.reshape(-1)  # (R*C,) prior-major
         # the k best over the threshold = the k best overall, less those under it (sigmoid is monotone)
         best, flat = pairs.topk(k)  # sorted best first
         keep = best > logit_thr  # (k,)
         best, flat = best[keep], flat[keep]  # (M_l,)
         prior = flat // c
-        prior_index.append((prior if rows is None else rows[prior]) + offset)
+        prior_index.append((prior if contenders is None else contenders[prior]) + offset)
         labels.append(flat % c)
         scores.append(best.sigmoid())  # only the kept candidates go through the sigmoid
         offset += h * w
