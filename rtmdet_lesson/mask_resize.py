@@ -104,8 +104,8 @@ def masks_to_original(logits: torch.Tensor, letterbox: Letterbox, mask_thr: floa
             cols, a_cols = _window(a_x, x_first, x_last, left[part], ww)  # (n, rw), (n, ww, rw)
             inputs = logits[members[part, None, None], rows[:, :, None], cols[:, None, :]]  # (n, rh, rw) they read
             window = torch.bmm(torch.bmm(a_rows, inputs), a_cols.transpose(1, 2)) > logit_thr  # (n, wh, ww)
-            for i, y, x, on_pixels in zip(members[part].tolist(), top[part].tolist(), left[part].tolist(), window,
-                                          strict=True):
+            windows = zip(members[part].tolist(), top[part].tolist(), left[part].tolist(), window, strict=True)
+            for i, y, x, on_pixels in windows:
                 masks[i, y : y + wh, x : x + ww] = on_pixels
     return masks
 

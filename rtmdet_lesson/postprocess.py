@@ -123,6 +123,8 @@ def select_candidates(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Multi-label candidates of one image, per level: score > ``score_thr``, then the ``nms_pre`` best.
 
+    Chapter 08 builds this.
+
     Args:
         cls_scores: per level ``(C, H_l, W_l)`` logits of one image.
 

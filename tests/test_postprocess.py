@@ -68,8 +68,9 @@ def test_select_candidates_is_multi_label_per_level_topk():
 
 @pytest.mark.parametrize("nms_pre", [1, 7, 63, 64, 65, 200, 639, 640, 5000])
 def test_select_candidates_top_priors_hold_the_best_pairs_even_when_few_priors_hold_them_all(nms_pre):
-    """The top-k runs over the k priors with the best top class (module doc); here two priors own the 20 best
-    pairs of an 8x8 level with 10 classes, and k crosses the prior count (64) and the pair count (640)."""
+    """The top-k runs over the k priors with the best top class (select_candidates' docstring); here two
+    priors own the 20 best pairs of an 8x8 level with 10 classes, and k crosses the prior count (64) and the
+    pair count (640)."""
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(10, 8, 8, generator=g)  # (C, H, W), distinct values: no ties to break
     logits[:, 2, 5] += 20.0
