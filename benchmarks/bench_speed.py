@@ -80,6 +80,9 @@ CASES = [  # (preset, canvas, image (H, W), training batch, timed training itera
 ]
 OBJECT_HALF_SIZE = 2.5  # strides of the prior's level: the synthetic masks are 5 strides across
 SHIPPED = Path("data/course-sprites.pth")  # the course model trained by the shipped recipe
+# the shipped recipe at the default threads, data loading in the training process (README, "Whole runs")
+WHOLE_RUN_RECIPE = dict(epochs=20, batch_size=8, lr=0.002, warmup_iters=200, mosaic=False, mixup=False,
+                        stage2_epochs=2, eval_interval=5, workers=0, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -241,10 +244,10 @@ def iteration_seconds(preset: str, size: int, batch: int, settings: dict, iters:
     return list(np.diff(stamps[2:])) if iters else []
 
 
-def _lockstep_child(conn, preset: str, size: int, batch: int, settings: dict, fp32_depthwise: bool, iters: int,
-                    workers: int, data: str, out: str, threads: int) -> None:
-    """One mode of ``lockstep_rates``, in its own process: ``train`` itself, which after every iteration sends the
-    seconds since it was handed the turn and waits for the next turn."""
+def _lockstep_child(conn, config: dict, fp32_depthwise: bool, max_iters: int | None, threads: int) -> None:
+    """One run of ``lockstep_runs``, in its own process: ``train`` itself, which after every iteration sends
+    ``("step", seconds)``, the seconds since it was handed the turn, and waits for the next turn; when ``train``
+    returns, ``("done", seconds, metrics)``, the seconds of what it did after its last iteration."""
     torch.set_num_threads(threads)
     if not fp32_depthwise:  # measure what the fp32 depthwise convs buy by switching them back
         speed_module.DepthwiseConvFp32.forward = torch.nn.Conv2d.forward
@@ -252,54 +255,88 @@ def _lockstep_child(conn, preset: str, size: int, batch: int, settings: dict, fp
     turn = [time.perf_counter()]
 
     def pass_turn(record: dict) -> None:
-        conn.send(time.perf_counter() - turn[0])
+        conn.send(("step", time.perf_counter() - turn[0]))
         conn.recv()
         turn[0] = time.perf_counter()
 
-    config = TrainConfig(preset=preset, data=data, out=out, image_size=size, epochs=100, batch_size=batch,
-                         warmup_iters=10, mosaic=False, mixup=False, workers=workers, progress=False, **settings)
-    train(config, max_iters=3 + iters, on_step=pass_turn)
+    result = train(TrainConfig(**config), max_iters=max_iters, on_step=pass_turn)
+    conn.send(("done", time.perf_counter() - turn[0], result["metrics"]))
 
 
-def lockstep_rates(preset: str, size: int, batch: int, settings: list[dict], iters: int, workers: int, data: Path,
-                   tmp: Path, fp32_depthwise: list[bool] | None = None) -> list[float]:
-    """Images per second of each of ``settings``: the batch over the median of ``iters`` iterations of
-    ``rtmdet_lesson.train`` (after 3 warm-up ones). Each setting trains in its own process and the processes take
-    turns iteration by iteration, so that every iteration of one has a neighbour of the other seconds away: on a
-    shared machine whose speed drifts from minute to minute the drift falls on all of them alike (the ratio of two
-    runs taken one after the other moves by 10-20 % here). With ``workers`` > 0 a setting's DataLoader workers
-    keep preparing batches during the other settings' turns, which hides part of its data loading.
-    ``fp32_depthwise[i]`` False runs setting i's depthwise convs in bf16 under bf16 autocast."""
+def lockstep_runs(configs: list[dict], max_iters: int | None = None,
+                  fp32_depthwise: list[bool] | None = None) -> list[tuple[list[float], dict]]:
+    """Run ``rtmdet_lesson.train`` on each of ``configs`` (``TrainConfig`` fields) in its own process, the processes
+    taking turns iteration by iteration, so that every iteration of one has a neighbour of the others seconds away:
+    on a shared machine whose speed drifts from minute to minute the drift falls on all of them alike (the ratio of
+    two runs taken one after the other moves by 10-20 % here). A turn is one iteration with whatever the loop did
+    before it (an evaluation, a checkpoint); the last turn is what ``train`` did after its last iteration. Returns
+    each run's turn seconds and final metrics. ``fp32_depthwise[i]`` False runs run i's depthwise convs in bf16
+    under bf16 autocast. With ``workers`` > 0 a run's DataLoader workers keep preparing batches during the other
+    runs' turns, which hides part of its data loading."""
     context = multiprocessing.get_context("spawn")  # a fresh process: no OpenMP state copied by fork
     pipes, children = [], []
-    for i, (setting, fp32) in enumerate(zip(settings, fp32_depthwise or [True] * len(settings), strict=True)):
+    for config, fp32 in zip(configs, fp32_depthwise or [True] * len(configs), strict=True):
         ours, theirs = context.Pipe()
         # not a daemon: a daemonic process may not start the DataLoader workers of --workers > 0
-        child = context.Process(target=_lockstep_child, daemon=False, args=(
-            theirs, preset, size, batch, setting, fp32, iters, workers, str(data), str(tmp / f"lockstep{i}"),
-            torch.get_num_threads()))
+        child = context.Process(target=_lockstep_child, daemon=False,
+                                args=(theirs, config, fp32, max_iters, torch.get_num_threads()))
         child.start()
         pipes.append(ours)
         children.append(child)
-    seconds = [[] for _ in settings]
+    turns, metrics = [[] for _ in configs], [None] * len(configs)
     try:
-        for iteration in range(3 + iters):
-            for conn, times, setting in zip(pipes, seconds, settings, strict=True):
+        while any(m is None for m in metrics):
+            for i, (conn, config) in enumerate(zip(pipes, configs, strict=True)):
+                if metrics[i] is not None:
+                    continue
                 conn.send(None)  # your turn
                 try:
-                    spent = conn.recv()
+                    kind, seconds, *rest = conn.recv()
                 except (EOFError, ConnectionError):
-                    raise RuntimeError(f"the training process of {setting} stopped (its traceback is above)") from None
-                if iteration >= 3:
-                    times.append(spent)
-        for conn in pipes:
-            conn.send(None)  # finish
+                    raise RuntimeError(f"the training process of {config} stopped (its traceback is above)") from None
+                turns[i].append(seconds)
+                if kind == "done":
+                    metrics[i] = rest[0]
     finally:
         for child in children:
             child.join(timeout=60)
             if child.is_alive():
                 child.kill()
-    return [batch / statistics.median(times) for times in seconds]
+    return list(zip(turns, metrics, strict=True))
+
+
+def lockstep_rates(preset: str, size: int, batch: int, settings: list[dict], iters: int, workers: int, data: Path,
+                   tmp: Path, fp32_depthwise: list[bool] | None = None) -> list[float]:
+    """Images per second of each of ``settings``: the batch over the median of ``iters`` iterations of
+    ``rtmdet_lesson.train`` (after 3 warm-up ones), trained in turn by ``lockstep_runs``."""
+    configs = [dict(preset=preset, data=str(data), out=str(tmp / f"lockstep{i}"), image_size=size, epochs=100,
+                    batch_size=batch, warmup_iters=10, mosaic=False, mixup=False, workers=workers, progress=False,
+                    **setting) for i, setting in enumerate(settings)]
+    runs = lockstep_runs(configs, max_iters=3 + iters, fp32_depthwise=fp32_depthwise)
+    return [batch / statistics.median(turns[3:-1]) for turns, _ in runs]
+
+
+def whole_runs_table(data: Path, tmp: Path) -> None:
+    """``--whole-run``: the shipped recipe trained start to finish in the reference loop and with ``--fast``, taking
+    turns iteration by iteration (``lockstep_runs``): evaluations, checkpoints and the learning model's growing
+    number of positives included, the host's drift cancelled."""
+    epochs, block = WHOLE_RUN_RECIPE["epochs"], WHOLE_RUN_RECIPE["eval_interval"]
+    configs = [dict(preset="course-sprites", data=str(data), out=str(tmp / f"whole-{mode}"), progress=False,
+                    **WHOLE_RUN_RECIPE, **training_settings(mode)) for mode in ("plain", "fast")]
+    runs = lockstep_runs(configs)
+    per_epoch = (len(runs[0][0]) - 1) // epochs
+    flags = " ".join(f"--{'' if value else 'no-'}{name}".replace("_", "-") if isinstance(value, bool)
+                     else f"--{name.replace('_', '-')} {value}" for name, value in WHOLE_RUN_RECIPE.items())
+    print(f"\n# whole runs of the shipped recipe, course-sprites, in turn: {flags}")
+    print(f"{'mode':<8}{'seconds':>9}{'img/s':>8}{'bbox AP':>9}{'segm AP':>9}")
+    for mode, (turns, metrics) in zip(("plain", "fast"), runs, strict=True):
+        rate = per_epoch * epochs * WHOLE_RUN_RECIPE["batch_size"] / sum(turns)
+        print(f"{mode:<8}{sum(turns):>9.0f}{rate:>8.1f}{metrics['bbox_AP']:>9.3f}{metrics['segm_AP']:>9.3f}")
+    (plain, _), (fast, _) = runs
+    # block k: its iterations and the evaluation after them, which falls in the next block's first turn
+    edges = [0, *range(1 + per_epoch * block, len(plain) - 1, per_epoch * block), len(plain)]
+    blocks = [sum(plain[a:b]) / sum(fast[a:b]) for a, b in itertools.pairwise(edges)]
+    print(f"plain / fast: {sum(plain) / sum(fast):.2f}; each {block} epochs: {', '.join(f'{r:.2f}' for r in blocks)}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -548,6 +585,8 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="only the presets whose name contains this")
     parser.add_argument("--pieces", action="store_true", help="also time each speed-up on its own")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
+    parser.add_argument("--whole-run", action="store_true",
+                        help="only train the shipped recipe start to finish, plain and fast in turn (~45 min)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -559,6 +598,8 @@ def main() -> None:
     print(f"# {' '.join(['python'] + sys.argv)}")
     with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp:
         data = sprites_root(Path(tmp))
+        if args.whole_run:
+            return whole_runs_table(data, Path(tmp))
         main_table(args, data, Path(tmp))
         if args.pieces:
             pieces_table(args, data, Path(tmp))
