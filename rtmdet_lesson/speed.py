@@ -249,9 +249,9 @@ def keep_freed_memory() -> bool:
     freed; the next step maps them again and the kernel zeroes every 4 KiB page on first touch. A ``--fast`` step
     of the course preset took ~17,000 such page faults (~4 % of it; the fp32 loop ~22,000). Raising the mmap
     threshold to 32 MiB and the trim threshold to 1 GiB keeps those blocks in the heap for the next step (~500
-    faults a step). The cost is memory: the process keeps its peak instead of shrinking between steps, and the heap
-    fragments (the course preset's training peak rose from ~710 to ~840-900 MiB). Returns False where the C library
-    is not glibc (macOS, musl), which is left as it is.
+    faults a step). The cost is memory that is not handed back: the peak of ``bench_speed``'s 3-iteration training
+    probe rose from ~710 to ~840-900 MiB, while bare steps of a running loop kept the same peak. Returns False
+    where the C library is not glibc (macOS, musl), which is left as it is.
     """
     if not sys.platform.startswith("linux"):
         return False
