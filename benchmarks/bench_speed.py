@@ -38,7 +38,7 @@ loss's logit floor. ``--compile`` adds a ``torch.compile`` row (minutes of compi
 
 ``--whole-run`` prints only one table: the shipped recipe (``WHOLE_RUN_RECIPE``) trained start to finish in the
 plain loop and with ``--fast``, the two taking turns iteration by iteration; seconds, images per second and final AP
-of each, and the ratio over each block of epochs between evaluations (~45 minutes on a 2-core CPU). Unlike the
+of each, and the ratio over each block of epochs between evaluations (40-46 minutes on a 2-core CPU). Unlike the
 main table's window of a fresh model's first iterations, it holds the evaluations and the trained model's three
 times as many positives, whose losses both loops compute alike.
 """
@@ -278,7 +278,7 @@ def lockstep_runs(configs: list[dict], max_iters: int | None = None,
     two runs taken one after the other moves by 10-20 % here). A turn is one iteration with whatever the loop did
     before it (an evaluation, a checkpoint); the last turn is what ``train`` did after its last iteration. Returns
     each run's turn seconds and final metrics. ``fp32_depthwise[i]`` False runs run i's depthwise convs in bf16
-    under bf16 autocast. With ``workers`` > 0 a run's DataLoader workers keep preparing batches during the other
+    under bf16 autocast. A run with DataLoader workers (``workers`` > 0) keeps preparing batches during the other
     runs' turns, which hides part of its data loading."""
     context = multiprocessing.get_context("spawn")  # a fresh process: no OpenMP state copied by fork
     pipes, children = [], []
@@ -332,9 +332,9 @@ def whole_runs_table(data: Path, tmp: Path) -> None:
                     **WHOLE_RUN_RECIPE, **training_settings(mode)) for mode in ("plain", "fast")]
     runs = lockstep_runs(configs)
     per_epoch = (len(runs[0][0]) - 1) // epochs
-    flags = " ".join(f"--{'' if value else 'no-'}{name}".replace("_", "-") if isinstance(value, bool)
-                     else f"--{name.replace('_', '-')} {value}" for name, value in WHOLE_RUN_RECIPE.items())
-    print(f"\n# whole runs of the shipped recipe, course-sprites, in turn: {flags}")
+    flags = [f"--{name}" if value is True else f"--no-{name}" if value is False else f"--{name} {value}"
+             for name, value in WHOLE_RUN_RECIPE.items()]  # the train command's flags, as in the README
+    print(f"\n# whole runs of the shipped recipe, course-sprites, in turn: {' '.join(flags).replace('_', '-')}")
     print(f"{'mode':<8}{'seconds':>9}{'img/s':>8}{'bbox AP':>9}{'segm AP':>9}")
     for mode, (turns, metrics) in zip(("plain", "fast"), runs, strict=True):
         rate = per_epoch * epochs * WHOLE_RUN_RECIPE["batch_size"] / sum(turns)
@@ -593,7 +593,7 @@ def main() -> None:
     parser.add_argument("--pieces", action="store_true", help="also time each speed-up on its own")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
     parser.add_argument("--whole-run", action="store_true",
-                        help="only train the shipped recipe start to finish, plain and fast in turn (~45 min)")
+                        help="only train the shipped recipe start to finish, plain and fast in turn (40-46 min)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
