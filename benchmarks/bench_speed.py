@@ -38,15 +38,18 @@ loss's logit floor. ``--compile`` adds a ``torch.compile`` row (minutes of compi
 
 ``--whole-run`` prints only one table: the shipped recipe (``WHOLE_RUN_RECIPE``) trained start to finish in the
 plain loop and with ``--fast``, the two taking turns iteration by iteration; seconds, images per second and final AP
-of each, and the ratio over each block of epochs between evaluations (40-46 minutes on a 2-core CPU). Unlike the
-main table's window of a fresh model's first iterations, it holds the evaluations and the trained model's three
-times as many positives, whose losses both loops compute alike.
+of each, and the ratio over each block of epochs between evaluations (40-46 minutes on a 2-core CPU), for the
+whole runs and for their training alone (the evaluations, the same fp32 work in both, taken out). Unlike the main
+table's window of a fresh model's first iterations, it holds the evaluations and the trained model's three times as
+many positives, whose losses both loops compute alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import math
 import multiprocessing
 import os
 import platform
@@ -326,24 +329,42 @@ def lockstep_rates(preset: str, size: int, batch: int, settings: list[dict], ite
 def whole_runs_table(data: Path, tmp: Path) -> None:
     """``--whole-run``: the shipped recipe trained start to finish in the reference loop and with ``--fast``, taking
     turns iteration by iteration (``lockstep_runs``): evaluations, checkpoints and the learning model's growing
-    number of positives included, the host's drift cancelled."""
+    number of positives included, the host's drift cancelled. The ratios are given for the whole runs and for their
+    training alone: the evaluations (the same fp32 ``exact`` path in both loops, timed in each run's log) taken out."""
     epochs, block = WHOLE_RUN_RECIPE["epochs"], WHOLE_RUN_RECIPE["eval_interval"]
+    modes = ("plain", "fast")
     configs = [dict(preset="course-sprites", data=str(data), out=str(tmp / f"whole-{mode}"), progress=False,
-                    **WHOLE_RUN_RECIPE, **training_settings(mode)) for mode in ("plain", "fast")]
+                    **WHOLE_RUN_RECIPE, **training_settings(mode)) for mode in modes]
     runs = lockstep_runs(configs)
-    per_epoch = (len(runs[0][0]) - 1) // epochs
+    images = (len(runs[0][0]) - 1) * WHOLE_RUN_RECIPE["batch_size"]  # one turn per iteration, and the last one
+    # each run's evaluation seconds per block of epochs: the evaluation after epoch e falls in block (e - 1) // block
+    evals = []
+    for config in configs:
+        per_block = [0.0] * math.ceil(epochs / block)
+        for line in (Path(config["out"]) / "log.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if record.get("event") == "eval":
+                per_block[(record["epoch"] - 1) // block] += record["seconds"]
+        evals.append(per_block)
     flags = [f"--{name}" if value is True else f"--no-{name}" if value is False else f"--{name} {value}"
              for name, value in WHOLE_RUN_RECIPE.items()]  # the train command's flags, as in the README
     print(f"\n# whole runs of the shipped recipe, course-sprites, in turn: {' '.join(flags).replace('_', '-')}")
-    print(f"{'mode':<8}{'seconds':>9}{'img/s':>8}{'bbox AP':>9}{'segm AP':>9}")
-    for mode, (turns, metrics) in zip(("plain", "fast"), runs, strict=True):
-        rate = per_epoch * epochs * WHOLE_RUN_RECIPE["batch_size"] / sum(turns)
-        print(f"{mode:<8}{sum(turns):>9.0f}{rate:>8.1f}{metrics['bbox_AP']:>9.3f}{metrics['segm_AP']:>9.3f}")
+    print(f"{'mode':<8}{'seconds':>9}{'of which eval':>15}{'train img/s':>13}{'bbox AP':>9}{'segm AP':>9}")
+    for mode, (turns, metrics), per_block in zip(modes, runs, evals, strict=True):
+        rate = images / (sum(turns) - sum(per_block))
+        print(f"{mode:<8}{sum(turns):>9.0f}{sum(per_block):>15.0f}{rate:>13.1f}{metrics['bbox_AP']:>9.3f}"
+              f"{metrics['segm_AP']:>9.3f}")
     (plain, _), (fast, _) = runs
+    per_epoch = (len(plain) - 1) // epochs
     # block k: its iterations and the evaluation after them, which falls in the next block's first turn
     edges = [0, *range(1 + per_epoch * block, len(plain) - 1, per_epoch * block), len(plain)]
-    blocks = [sum(plain[a:b]) / sum(fast[a:b]) for a, b in itertools.pairwise(edges)]
-    print(f"plain / fast: {sum(plain) / sum(fast):.2f}; each {block} epochs: {', '.join(f'{r:.2f}' for r in blocks)}")
+    spans = list(itertools.pairwise(edges))
+    whole = [sum(plain[a:b]) / sum(fast[a:b]) for a, b in spans]
+    training = [(sum(plain[a:b]) - p) / (sum(fast[a:b]) - f) for (a, b), p, f in zip(spans, *evals, strict=True)]
+    for name, total, blocks in (("whole runs", sum(plain) / sum(fast), whole),
+                                ("training alone", (sum(plain) - sum(evals[0])) / (sum(fast) - sum(evals[1])),
+                                 training)):
+        print(f"plain / fast, {name}: {total:.2f}; each {block} epochs: {', '.join(f'{r:.2f}' for r in blocks)}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

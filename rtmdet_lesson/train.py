@@ -266,7 +266,8 @@ def train(config: TrainConfig, resume: str | Path | None = None, max_iters: int 
 
     Returns a dict: ``model`` (the EMA model, or the trained one without EMA), ``train_model``, ``out``,
     ``iterations``, ``stopped`` (True when ``max_iters`` ended it), ``metrics`` (the last evaluation),
-    ``skipped_steps``, and after a complete run ``final`` (the exported checkpoint) and ``seconds``.
+    ``skipped_steps``, and after a complete run ``final`` (the exported checkpoint), ``seconds`` and
+    ``eval_seconds`` (the part of ``seconds`` spent in evaluations; each one's is in its ``eval`` log record).
 
     Args:
         config: the run's settings (``TrainConfig``).
@@ -444,7 +445,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
     positives_seen = 0.0
     bar = tqdm(total=total_iters, initial=iteration, disable=not (info.is_main and config.progress),
                desc="train", dynamic_ncols=True)
-    start = time.perf_counter()
+    start, eval_seconds = time.perf_counter(), 0.0
     while epoch < config.epochs:
         if epoch == switch_epoch and epoch > 0:
             _say(info, f"epoch {epoch}: stage 2, the light pipeline (no mosaic, no mixup) for the last epochs")
@@ -502,8 +503,11 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
         distributed.broadcast_buffers([model] + ([ema.module] if ema is not None else []), info)
         paths = [out / "last.pth"] if epoch % config.save_interval == 0 or epoch == config.epochs else []
         if val_ds is not None and (epoch % config.eval_interval == 0 or epoch > switch_epoch or epoch == config.epochs):
+            eval_start = time.perf_counter()
             metrics = _evaluate(eval_model, val_ds, info, config)  # rank 0; the others wait in save's gather
-            jlog.write(event="eval", epoch=epoch, iteration=iteration, **metrics)
+            took = time.perf_counter() - eval_start
+            eval_seconds += took
+            jlog.write(event="eval", epoch=epoch, iteration=iteration, seconds=took, **metrics)
             score = metrics.get("segm_AP", metrics.get("bbox_AP", -1.0))
             if score > best:  # only rank 0 has metrics; the others never save anyway
                 best = score
@@ -518,7 +522,8 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
         _say(info, f"done: {iteration} iterations in {elapsed:.0f} s; EMA weights in {final}"
                    + "".join(f", {k} {metrics[k]:.3f}" for k in ("bbox_AP", "segm_AP") if k in metrics))
     return {"out": out, "iterations": iteration, "stopped": False, "metrics": metrics, "skipped_steps": skipped,
-            "final": final, "seconds": elapsed, "model": eval_model.eval(), "train_model": model}
+            "final": final, "seconds": elapsed, "eval_seconds": eval_seconds, "model": eval_model.eval(),
+            "train_model": model}
 
 
 def _evaluate(model: nn.Module, val_ds, info: distributed.DistInfo, config: TrainConfig) -> dict:

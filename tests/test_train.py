@@ -76,6 +76,12 @@ def test_short_run_learns_eight_images(sprites, tmp_path):
     assert rows[0]["num_pos"] > 0
     assert summary["metrics"]["bbox_AP"] > 0.5, summary["metrics"]
     assert summary["train_model"].head.single_cls_pass  # the default: one cls-tower pass (chapter 09)
+    # the one evaluation (after the last epoch) is timed in its log record and in the summary
+    evals = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if r.get("event") == "eval"]
+    assert [r["epoch"] for r in evals] == [150]
+    assert evals[0]["seconds"] == pytest.approx(summary["eval_seconds"])
+    assert 0 < summary["eval_seconds"] < summary["seconds"]
 
     # the exported checkpoint: fp16 EMA weights that load back with D's loader and give the same AP
     exported = load_checkpoint(summary["final"])
