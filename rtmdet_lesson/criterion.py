@@ -151,7 +151,9 @@ def mask_loss(outputs: HeadOutput, targets: list[dict], result: AssignResult, pr
     logits = upsample_x2(logits)  # (K, H/4, W/4)
     start = MASK_LOSS_STRIDE // 2
     gt_masks = torch.cat([
-        t["masks"][:, start::MASK_LOSS_STRIDE, start::MASK_LOSS_STRIDE][result.gt_index[i, pos_prior[pos_image == i]]]
+        t["masks"][:, start::MASK_LOSS_STRIDE, start::MASK_LOSS_STRIDE].contiguous()[
+            result.gt_index[i, pos_prior[pos_image == i]]]
         for i, t in enumerate(targets)
-    ])  # (K, H/4, W/4): slice to stride 4 first, then pick each positive's GT; pos_image is sorted by image
+    ])  # (K, H/4, W/4): slice to stride 4 first, then pick each positive's GT (from a compact copy of the G slices:
+    # 4x faster than picking from the strided view); pos_image is sorted by image
     return dice_loss(logits, gt_masks).sum() / normaliser(logits.new_tensor(float(len(pos_prior))))

@@ -7,7 +7,6 @@ labels, masks as RLE with str counts, so they can be written to JSON as they are
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 from pathlib import Path
@@ -24,10 +23,14 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
 
 
 def _load_results(coco_gt: COCO, results: list[dict]) -> COCO:
-    """``coco_gt.loadRes`` on a copy of ``results`` (it mutates them); an empty list gives an empty result set."""
+    """``coco_gt.loadRes`` on a copy of ``results`` (it mutates them); an empty list gives an empty result set.
+
+    The copy is shallow per result: loadRes and COCOeval only set top-level keys (area, id, iscrowd, the RLE they
+    decode to), never change the lists and dicts inside, so a deep copy (a tenth of an evaluation) is not needed.
+    """
     if results:
         with contextlib.redirect_stdout(io.StringIO()):
-            return coco_gt.loadRes(copy.deepcopy(results))
+            return coco_gt.loadRes([dict(result) for result in results])
     coco_dt = COCO()  # loadRes refuses an empty list: build an empty result set by hand
     coco_dt.dataset = {"images": list(coco_gt.dataset["images"]), "categories": list(coco_gt.dataset["categories"]),
                        "annotations": []}

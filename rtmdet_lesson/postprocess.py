@@ -21,7 +21,6 @@ import json
 import math
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
@@ -108,7 +107,9 @@ class Instances:
 
 def encode_masks(masks: torch.Tensor) -> list[dict]:
     """Bool masks (K, H, W) -> COCO RLE dicts with ``counts`` as str (JSON-ready)."""
-    array = np.asfortranarray(masks.detach().cpu().numpy().astype(np.uint8).transpose(1, 2, 0))  # (H, W, K)
+    # pycocotools wants (H, W, K) uint8 in Fortran order, which is (K, W, H) in C order: one transposing copy in
+    # torch, then the bytes viewed as uint8 (2x faster than numpy's cast and asfortranarray)
+    array = masks.detach().cpu().transpose(1, 2).contiguous().view(torch.uint8).numpy().transpose(2, 1, 0)
     rles = mask_utils.encode(array) if masks.shape[0] else []
     return [{"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in rles]
 
