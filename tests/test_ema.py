@@ -100,3 +100,24 @@ def test_unwraps_data_parallel_and_rejects_other_models():
 
 def test_momentum_figure():
     assert isinstance(ema_momentum_figure(steps=3000), Figure)
+
+
+def test_update_follows_tensors_replaced_after_the_first_update():
+    """The update finds its tensors in the modules each step (it caches where, not what): a buffer or parameter
+    replaced by a new tensor, as ``model.to()`` does to buffers, is the one averaged."""
+    model = net()
+    ema = ExpMomentumEMA(model)
+    ema.update(model)
+    old_mean, old_bias = ema.module[1].running_mean.clone(), ema.module[0].bias.clone()
+    model[1].running_mean = torch.full((4,), 3.0)
+    model[0].bias = nn.Parameter(torch.full((4,), -1.0))
+    ema.update(model)
+    m = ema_momentum(1)
+    torch.testing.assert_close(ema.module[1].running_mean, (1 - m) * old_mean + m * 3.0)
+    torch.testing.assert_close(ema.module[0].bias, (1 - m) * old_bias - m)
+    other = net()  # a second model of the same architecture is looked up afresh
+    with torch.no_grad():
+        other[0].weight.fill_(2.0)
+    before = ema.module[0].weight.clone()
+    ema.update(other)
+    torch.testing.assert_close(ema.module[0].weight, (1 - ema_momentum(2)) * before + ema_momentum(2) * 2.0)
