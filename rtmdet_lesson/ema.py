@@ -67,9 +67,9 @@ class ExpMomentumEMA:
                     f"The model does not match the EMA copy (keys differ, e.g. {missing}); "
                     "update the EMA with the same model it was built from."
                 )
+            kinds = ("_parameters", "_buffers") if self.update_buffers else ("_parameters",)
             slots = []
             for (prefix, ours), (_, theirs) in zip(self.module.named_modules(), model.named_modules(), strict=True):
-                kinds = ("_parameters", "_buffers") if self.update_buffers else ("_parameters",)
                 for kind in kinds:
                     for name in getattr(ours, kind):
                         if f"{prefix}.{name}".lstrip(".") in target:  # not None, not a non-persistent buffer
