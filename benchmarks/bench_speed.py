@@ -37,11 +37,11 @@ the shipped course model's weights (the state a run spends most of its time in),
 loss's logit floor. ``--compile`` adds a ``torch.compile`` row (minutes of compiling on a CPU).
 
 ``--whole-run`` prints only one table: the shipped recipe (``WHOLE_RUN_RECIPE``) trained start to finish in the
-plain loop and with ``--fast``, the two taking turns iteration by iteration; seconds, images per second and final AP
-of each, and the ratio over each block of epochs between evaluations (40-46 minutes on a 2-core CPU), for the
-whole runs and for their training alone (the evaluations, the same fp32 work in both, taken out). Unlike the main
-table's window of a fresh model's first iterations, it holds the evaluations and the trained model's three times as
-many positives, whose losses both loops compute alike.
+plain loop and with ``--fast``, the two taking turns iteration by iteration; the seconds of each (and those of its
+evaluations), its training images per second and final AP, and the ratio over each block of epochs between
+evaluations (40-46 minutes on a 2-core CPU), for the whole runs and for their training alone (the evaluations, the
+same fp32 work in both, taken out). Unlike the main table's window of a fresh model's first iterations, it holds
+the evaluations and the trained model's three times as many positives, whose losses both loops compute alike.
 """
 
 from __future__ import annotations
