@@ -31,10 +31,11 @@ masks (a random kernel would switch masks on over the whole image; ``--pieces`` 
 
 ``--pieces`` adds tables of the parts: each inference speed-up on its own for RTMDet-Ins-tiny at 640, its
 decoding stage by stage (with chapter 08's full-canvas mask resizing for comparison, and with masks that
-cover the whole image), each training speed-up for the course preset, the augmentation pipeline's cost per
-image and a sample's reading cost with and without ``--cache-images``, and a table of bare training steps from
-the shipped course model's weights (the state a run spends most of its time in), with and without the Dice
-loss's logit floor. ``--compile`` adds a ``torch.compile`` row (minutes of compiling on a CPU).
+cover the whole image), each training speed-up for the course preset, its convs alone in bf16 and fp32,
+channels-last and NCHW, the augmentation pipeline's cost per image and a sample's reading cost with and without
+``--cache-images``, and a table of bare training steps from the shipped course model's weights (the state a run
+spends most of its time in), with and without the Dice loss's logit floor. ``--compile`` adds a ``torch.compile``
+row (minutes of compiling on a CPU).
 
 ``--whole-run`` prints only one table: the shipped recipe (``WHOLE_RUN_RECIPE``) trained start to finish in the
 plain loop and with ``--fast``, the two taking turns iteration by iteration; the seconds of each (and those of its
@@ -47,6 +48,7 @@ the evaluations and the trained model's three times as many positives, whose los
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import math
@@ -62,6 +64,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import rtmdet_lesson.losses as losses_module
 import rtmdet_lesson.speed as speed_module
@@ -493,6 +496,7 @@ def pieces_table(args, data: Path, tmp: Path) -> None:
     labels = [label for label, _, _ in rows] + [f"fast, {args.workers + 1} DataLoader worker(s), on its own"]
     for label, rate in zip(labels, [*rates, alone], strict=True):
         print(f"{label:<44}{rate:>8.1f}{rate / rates[0]:>9.2f}", flush=True)
+    conv_settings_table(args)
 
     print(f"\n# the augmentation pipeline per image, one process (each DataLoader worker runs one), {size}x{size}")
     print(f"{'pipeline':<44}{'ms/img':>8}{'img/s':>9}")
@@ -511,6 +515,48 @@ def pieces_table(args, data: Path, tmp: Path) -> None:
     print(f"(the cache: {cached.nbytes / 2**20:.0f} MiB for {len(cached)} images, filled in {cached.seconds:.1f} s)")
     if SHIPPED.is_file():
         trained_steps_table(args, data)
+
+
+CONV_SETTINGS = {"bf16 channels-last": (torch.bfloat16, True), "bf16 NCHW": (torch.bfloat16, False),
+                 "fp32 channels-last": (torch.float32, True), "fp32 NCHW": (torch.float32, False)}
+
+
+def conv_step(shape: tuple, conv: torch.nn.Conv2d, dtype: torch.dtype, channels_last: bool):
+    """Forward and backward of one conv of ``conv``'s settings on an input of ``shape``, alone: ``step()``."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(shape, dtype=dtype).contiguous(memory_format=layout)
+    x.requires_grad_(shape[1] != 3)  # the network's input gets no gradient
+    w = conv.weight.detach().to(dtype).contiguous(memory_format=layout).requires_grad_()
+    settings = (conv.stride, conv.padding, conv.dilation, conv.groups)
+    grad = torch.randn_like(F.conv2d(x.detach(), w.detach(), None, *settings))
+    return lambda: torch.autograd.grad(F.conv2d(x, w, None, *settings), [t for t in (x, w) if t.requires_grad], grad)
+
+
+def conv_settings_table(args) -> None:
+    """Each distinct conv of the course preset at its training shape, forward and backward alone, in each of
+    ``CONV_SETTINGS`` (timed in turn): the sum over the network's convs and for how many each setting is fastest
+    (within 0.03 ms). The depthwise convs are left out: ``--fast`` runs them in fp32 channels-last."""
+    preset, size, _, batch, _ = CASES[0]
+    model = prepare_for_training(build_model(preset))  # the cls tower once, as train runs it
+    inputs = collections.Counter()  # (input shape, conv) -> times the forward pass runs it
+    hooks = [conv.register_forward_hook(lambda conv, args_, out: inputs.update([(tuple(args_[0].shape), conv)]))
+             for conv in model.modules() if isinstance(conv, torch.nn.Conv2d) and conv.groups == 1]
+    with torch.no_grad():
+        model(torch.randn(batch, 3, size, size))
+    for hook in hooks:
+        hook.remove()
+    totals, fastest = dict.fromkeys(CONV_SETTINGS, 0.0), dict.fromkeys(CONV_SETTINGS, 0)
+    for (shape, conv), count in inputs.items():
+        ms = interleaved_median_ms([conv_step(shape, conv, *setting) for setting in CONV_SETTINGS.values()], args.runs)
+        for name, spent in zip(CONV_SETTINGS, ms, strict=True):
+            totals[name] += count * spent
+            fastest[name] += count * (spent <= min(ms) + 0.03)
+    convs = sum(inputs.values())
+    print(f"\n# each of {preset}'s {convs} convs (depthwise left out) alone at its training shape (batch {batch}, "
+          f"{size}x{size}), forward + backward, summed over the network (medians of {args.runs}, settings in turn)")
+    print(f"{'conv setting':<44}{'ms':>8}{'fastest':>9}")
+    for name in CONV_SETTINGS:
+        print(f"{name:<44}{totals[name]:>8.1f}{fastest[name]:>9}", flush=True)
 
 
 def trained_step(mode: str, config: TrainConfig):
