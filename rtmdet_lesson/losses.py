@@ -77,8 +77,9 @@ class SigmoidDice(torch.autograd.Function):
     Autograd through the formula writes 13 maps of (K, h*w) numbers, forward and backward: the clamp, the sigmoid,
     the targets' cast, three products, a product per factor and their sums, the sigmoid's gradient, the clamp's mask
     and its select. This writes 10 (the sigmoid and two steps of the gradient in place, no t * t for bool targets)
-    and casts bool targets through uint8, ~5x faster than bool to float: a sixth to a third less time at K = 472
-    (chapter 09 section 8 times both).
+    and casts bool targets through uint8, ~5x faster than bool to float; it zeroes the gradient below the floor by a
+    product with a 0/1 float mask, ~5x faster than ``masked_fill_``: about half the time at K = 472 (chapter 09
+    section 8 times both).
     """
 
     @staticmethod
