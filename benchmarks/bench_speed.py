@@ -93,7 +93,7 @@ CASES = [  # (preset, canvas, image (H, W), training batch, timed training itera
 ]
 OBJECT_HALF_SIZE = 2.5  # strides of the prior's level: the synthetic masks are 5 strides across
 SHIPPED = Path("data/course-sprites.pth")  # the course model trained by the shipped recipe
-# the shipped recipe at the default threads, data loading in the training process (README, "Whole runs")
+# the shipped recipe at the default threads, data loading in the training process (benchmarks/RESULTS.md, "Whole runs")
 WHOLE_RUN_RECIPE = dict(epochs=20, batch_size=8, lr=0.002, warmup_iters=200, mosaic=False, mixup=False,
                         stage2_epochs=2, eval_interval=5, workers=0, seed=0)
 
@@ -350,7 +350,7 @@ def whole_runs_table(data: Path, tmp: Path) -> None:
                 per_block[(record["epoch"] - 1) // block] += record["seconds"]
         evals.append(per_block)
     flags = [f"--{name}" if value is True else f"--no-{name}" if value is False else f"--{name} {value}"
-             for name, value in WHOLE_RUN_RECIPE.items()]  # the train command's flags, as in the README
+             for name, value in WHOLE_RUN_RECIPE.items()]  # the train command's flags, as in RESULTS.md
     print(f"\n# whole runs of the shipped recipe, course-sprites, in turn: {' '.join(flags).replace('_', '-')}")
     print(f"{'mode':<8}{'seconds':>9}{'of which eval':>15}{'train img/s':>13}{'bbox AP':>9}{'segm AP':>9}")
     for mode, (turns, metrics), per_block in zip(modes, runs, evals, strict=True):
