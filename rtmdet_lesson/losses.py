@@ -103,6 +103,6 @@ class SigmoidDice(torch.autograd.Function):
         per_p = (4 * grad * overlap / denominator**2)[:, None]  # (K, 1)
         grad_p = (p * per_p).addcmul_(t, per_t)  # (K, h*w) dloss/dp
         grad_x = torch.ops.aten.sigmoid_backward(grad_p, p)  # dloss/dp * p * (1 - p) in one pass
-        # below the floor the clamp passes no gradient: masked_fill_'s numbers (a zeroed negative gradient is -0.0)
+        # below the floor the clamp passes no gradient; as masked_fill_ would, but a zeroed negative one reads -0.0
         grad_x.mul_(torch.ge(x, DICE_LOGIT_FLOOR, out=torch.empty_like(grad_x)))
         return grad_x.view(ctx.shape), None, None
