@@ -1,17 +1,26 @@
 """The command line: ``python -m rtmdet_lesson`` (or ``rtmdet-lesson``) with one sub-command per job.
 
 Each sub-command's work lives in the module that owns it (and the chapter that teaches it: ``data`` 00,
-``summary`` 03, ``train`` 07, ``predict``/``evaluate`` 08); this file only parses arguments.
+``summary`` 03, ``train`` 07, ``predict``/``evaluate`` 08); this file parses arguments and turns a user's
+mistake (a bad path, file, dataset or setting: ``ValueError`` and ``OSError`` with our messages) into one line
+and exit status 2. Any other exception is a bug and keeps its traceback; ``--debug`` (or
+``RTMDET_LESSON_DEBUG=1``) shows the traceback of user errors too.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+USER_ERRORS = (ValueError, OSError)  # what our checks raise for bad input; OSError covers missing files, full disks
+DEBUG_ENV = "RTMDET_LESSON_DEBUG"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rtmdet-lesson", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of every error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="generate a dataset")
@@ -32,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(sub.add_parser("train", help="train a preset on the sprites or any COCO-format dataset"))
 
     predict = sub.add_parser("predict", help="segment image files with a trained checkpoint")
-    predict.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    predict.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or folders of them")
     predict.add_argument("--checkpoint", required=True, help="a checkpoint written by this package")
-    predict.add_argument("--out", default="predictions", help="folder for pictures and COCO JSON")
+    predict.add_argument("--out", default="predictions",
+                         help="folder for the drawings (NAME.pred.png) and results.json (default: predictions)")
+    predict.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier predict")
     predict.add_argument("--score-thr", type=float, default=None, help="override the preset's score threshold")
     predict.add_argument("--config", default="deploy", choices=["eval", "deploy"], help="post-processing preset")
     predict.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
@@ -59,6 +70,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.debug or os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}:
+        return run(args)
+    from rtmdet_lesson.train import TrainingDiverged
+
+    try:
+        return run(args)
+    except (*USER_ERRORS, TrainingDiverged) as error:
+        print(f"rtmdet-lesson {args.command}: error: {_message(error)}", file=sys.stderr)
+        return 1 if isinstance(error, TrainingDiverged) else 2
+
+
+def _message(error: BaseException) -> str:
+    """An error as one line: the operating system's words and the file for its errors, else our message."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed sub-command; its return value is the exit status."""
     if args.command == "data":
         from rtmdet_lesson.data.sprites import main as sprites_main
 

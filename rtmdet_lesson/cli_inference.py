@@ -1,6 +1,6 @@
 """The ``predict`` and ``evaluate`` sub-commands of ``python -m rtmdet_lesson`` (argument parsing is in __main__).
 
-    python -m rtmdet_lesson predict IMAGE... --checkpoint CKPT [--out DIR] [--score-thr X] [--config eval|deploy]
+    python -m rtmdet_lesson predict IMAGE_OR_FOLDER... --checkpoint CKPT [--out DIR] [--score-thr X] [--overwrite]
     python -m rtmdet_lesson evaluate --checkpoint CKPT (--data DIR | --images DIR --annotations FILE) [--json]
 
 Both take ``--speed plain|exact|fast|compile`` (default ``exact``: the same answers, faster; chapter 09).
@@ -18,10 +18,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 
-from rtmdet_lesson.checkpoint import load_checkpoint, model_from_checkpoint
+from rtmdet_lesson.checkpoint import category_ids, load_checkpoint, model_from_checkpoint
 from rtmdet_lesson.data.coco import CocoInstanceDataset, sprites_split
 from rtmdet_lesson.evaluate import STAT_NAMES, evaluate_coco
 from rtmdet_lesson.figures.instances import draw_instances
+from rtmdet_lesson.image_files import images_in_folder
 from rtmdet_lesson.predict import predict, to_rgb_tensor
 from rtmdet_lesson.runtime import pick_device
 from rtmdet_lesson.speed import optimize_for_inference
@@ -29,49 +30,89 @@ from rtmdet_lesson.speed import optimize_for_inference
 
 def _load(path, device, speed: str = "exact"):
     """The checkpoint's model on ``device`` behind the ``speed`` inference path, and its category-id map."""
-    try:
-        checkpoint = load_checkpoint(path)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from error
+    checkpoint = load_checkpoint(path)
     model = optimize_for_inference(model_from_checkpoint(checkpoint, pick_device(device)), speed)
-    label_to_category_id = checkpoint.get("label_to_category_id") or {k: k + 1 for k in range(model.num_classes)}
-    return model, {int(k): int(v) for k, v in label_to_category_id.items()}
+    return model, category_ids(checkpoint)
+
+
+def expand_inputs(paths: list[str]) -> list[Path]:
+    """The image files named on the command line, each folder replaced by the images inside it (sorted)."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = images_in_folder(path)
+            if not found:
+                raise FileNotFoundError(f"the folder {str(path)!r} holds no image files")
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
+def output_names(inputs: list[Path], out: Path) -> list[Path]:
+    """One drawing per input, ``OUT/<stem>.pred.png``, never an input's path and never another output's.
+
+    Two inputs with the same stem (``a/x.png``, ``b/x.jpg``) get ``x.pred.png`` and ``x-2.pred.png``.
+    """
+    taken = {path.resolve() for path in inputs} | {(out / "results.json").resolve()}
+    names = []
+    for path in inputs:
+        candidate, n = out / f"{path.stem}.pred.png", 1
+        while candidate.resolve() in taken:
+            n += 1
+            candidate = out / f"{path.stem}-{n}.pred.png"
+        taken.add(candidate.resolve())
+        names.append(candidate)
+    return names
 
 
 def predict_main(args) -> int:
-    """Write ``OUT/<image stem>.png`` (instances drawn) per image and ``OUT/results.json`` (COCO results).
+    """Write ``OUT/<image stem>.pred.png`` (instances drawn) per image and ``OUT/results.json`` (COCO results).
 
-    ``results.json`` holds one dict per instance with ``file_name`` added; ``image_id`` is the image's position
-    in the command line (from 1). Category ids come from the checkpoint's ``label_to_category_id`` if it has
-    one, else label + 1.
+    Folders among the inputs stand for the images inside them. ``results.json`` holds one dict per instance
+    with ``file_name`` added; ``image_id`` is the image's position in the input list (from 1). Category ids are
+    the training dataset's (the checkpoint's ``label_to_category_id``; label + 1 for files that predate it).
+    Existing files are never replaced without ``--overwrite``, and inputs never. An image that cannot be read is
+    reported and skipped; the others' results are still written, and the exit status is then 1.
     """
-    model, label_to_category_id = _load(args.checkpoint, args.device, args.speed)
+    inputs = expand_inputs(args.images)
     out = Path(args.out)
+    drawings = output_names(inputs, out)
+    existing = [p for p in [*drawings, out / "results.json"] if p.exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{existing[0]} already exists (and {len(existing) - 1} more output file(s)); "
+                              "choose another --out, or pass --overwrite to replace earlier predictions")
+    model, label_to_category_id = _load(args.checkpoint, args.device, args.speed)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for image_id, path in enumerate(tqdm(args.images, desc="predict"), start=1):
+    results, failed = [], []
+    for image_id, (path, drawing) in enumerate(zip(tqdm(inputs, desc="predict"), drawings, strict=True), start=1):
         try:
             image = to_rgb_tensor(path)
-        except (FileNotFoundError, ValueError, OSError) as error:  # OSError: Pillow cannot read the file
-            raise SystemExit(f"error: {path}: {error}") from error
+        except (OSError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed.append(path)
+            continue
         (found,) = predict(model, image, config=args.config, score_thr=args.score_thr)
-        fig = draw_instances(image, found, model.class_names, title=f"{Path(path).name}: {len(found)} instances")
-        fig.savefig(out / f"{Path(path).stem}.png", dpi=100, bbox_inches="tight")
+        fig = draw_instances(image, found, model.class_names, title=f"{path.name}: {len(found)} instances")
+        fig.savefig(drawing, dpi=100, bbox_inches="tight")
         plt.close(fig)
         results += [dict(r, file_name=str(path)) for r in found.to_coco(image_id, label_to_category_id)]
     (out / "results.json").write_text(json.dumps(results))
-    print(f"{len(results)} instances in {len(args.images)} images -> {out}/ (one PNG per image, results.json)")
+    done = len(inputs) - len(failed)
+    print(f"{len(results)} instances in {done} images -> {out}/ (one .pred.png per image, results.json)")
+    if failed:
+        print(f"error: {len(failed)} of {len(inputs)} images could not be read: "
+              + ", ".join(map(str, failed)), file=sys.stderr)
+        return 1
     return 0
 
 
 def _dataset(args) -> CocoInstanceDataset:
     if args.data is None and args.annotations is None:
-        raise SystemExit("error: evaluate --images needs --annotations FILE (the COCO instances JSON)")
-    try:
-        return sprites_split(args.data, "val") if args.data is not None else CocoInstanceDataset(args.images,
-                                                                                                 args.annotations)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from error
+        raise ValueError("evaluate --images needs --annotations FILE (the COCO instances JSON)")
+    if args.data is not None:
+        return sprites_split(args.data, "val")
+    return CocoInstanceDataset(args.images, args.annotations)
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -88,8 +129,8 @@ def evaluate_main(args) -> int:
     model, _ = _load(args.checkpoint, args.device, args.speed)
     dataset = _dataset(args)
     if model.num_classes != len(dataset.class_names):
-        raise SystemExit(
-            f"evaluate: the checkpoint has {model.num_classes} classes but the dataset has "
+        raise ValueError(
+            f"the checkpoint has {model.num_classes} classes but the dataset has "
             f"{len(dataset.class_names)}; evaluate on the dataset the model was trained for"
         )
     if model.class_names and list(model.class_names) != list(dataset.class_names):

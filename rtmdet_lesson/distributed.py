@@ -44,6 +44,11 @@ def launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 
 
+def launched_rank() -> int:
+    """This process's rank under torchrun (0 outside it), readable before the process group exists."""
+    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
+
+
 def setup(device: str | None = None, timeout_minutes: float = 30.0) -> DistInfo:
     """Start the process group when launched by ``torchrun``; otherwise describe a single process.
 

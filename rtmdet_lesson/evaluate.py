@@ -52,6 +52,9 @@ def evaluate_results(
     The images evaluated are ``image_ids`` (default: all of ``coco_gt``); one without detections counts as
     all misses. ``verbose`` lets pycocotools print its usual tables. Chapter 08 uses it.
     """
+    if not coco_gt.dataset.get("annotations"):
+        raise ValueError("the ground truth has no annotations, so AP is undefined (COCOeval would report -1); "
+                         "evaluate on an annotated split")
     if "segm" in iou_types and any("segmentation" not in r for r in results):
         raise ValueError("segm evaluation needs a 'segmentation' in every result; use iou_types=('bbox',) for boxes.")
     coco_dt = _load_results(coco_gt, results)
@@ -78,6 +81,8 @@ def predict_dataset(
     canvas_size: int | tuple[int, int] | None = None,
 ) -> list[dict]:
     """Run ``predict`` over the images of a ``CocoInstanceDataset`` (all, or ``indices``); return COCO results."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     results = []
     indices = list(range(len(dataset))) if indices is None else list(indices)
     batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]

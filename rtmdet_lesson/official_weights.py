@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from rtmdet_lesson.checkpoint import FORMAT
 
 SKIPPED_PREFIXES = ("data_preprocessor.", "ema_")
 SKIPPED_KEYS = ("steps",)
@@ -66,6 +69,9 @@ def _read(path_or_state_dict) -> Mapping[str, torch.Tensor]:
         path = Path(path_or_state_dict)
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint at {path}; download an official RTMDet .pth file first")
+        if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+            raise ValueError(f"{path} is not a PyTorch checkpoint (not the zip archive torch.save writes); "
+                             "check that the download or copy is complete")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
@@ -74,6 +80,11 @@ def _read(path_or_state_dict) -> Mapping[str, torch.Tensor]:
                 "if you trust the file, load it with torch.load(path, weights_only=False) and pass its "
                 "['state_dict']"
             ) from error
+    if not isinstance(state, Mapping):
+        raise ValueError(f"expected a checkpoint dict or a state_dict, got a {type(state).__name__}")
+    if state.get("format") == FORMAT:
+        raise ValueError("this is a checkpoint written by rtmdet_lesson, not an official one; load it with "
+                         "rtmdet_lesson.checkpoint.load_checkpoint_model(path)")
     if "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     return {

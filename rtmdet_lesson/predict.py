@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rtmdet_lesson.image_files import pil_to_rgb_array, read_rgb
 from rtmdet_lesson.postprocess import InferenceConfig, Instances, postprocess, resolve_config
 from rtmdet_lesson.preprocess import letterbox_image, normalize
 
@@ -83,12 +84,9 @@ def _from_tensor(tensor: torch.Tensor) -> torch.Tensor:
 def to_rgb_tensor(image) -> torch.Tensor:
     """One image (numpy, Pillow, torch tensor or file path) -> uint8 RGB tensor ``(3, H, W)``, or a clear ValueError."""
     if isinstance(image, (str, Path)):
-        if not Path(image).is_file():
-            raise FileNotFoundError(f"image file {str(image)!r} does not exist; check the path.")
-        with Image.open(image) as pil:
-            image = pil.convert("RGB")
+        image = read_rgb(image)  # (H, W, 3) uint8, 16-bit files scaled
     if isinstance(image, Image.Image):
-        rgb = _from_numpy(np.asarray(image.convert("RGB")))
+        rgb = _from_numpy(pil_to_rgb_array(image))
     elif isinstance(image, np.ndarray):
         rgb = _from_numpy(image)
     elif isinstance(image, torch.Tensor):
@@ -140,8 +138,10 @@ def predict(
     cfg = resolve_config(config, score_thr)
     canvas = default_canvas_size(model) if canvas_size is None else canvas_size
     canvas = (canvas, canvas) if isinstance(canvas, int) else tuple(canvas)
-    if canvas[0] % 32 or canvas[1] % 32:
-        raise ValueError(f"canvas_size must be a multiple of 32 on both sides, got {canvas}; try 320 or 640.")
+    if min(canvas) < 32 or canvas[0] % 32 or canvas[1] % 32:
+        raise ValueError(f"canvas_size must be a positive multiple of 32 on both sides, got {canvas}; try 320 or 640.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     rgb = [to_rgb_tensor(image) for image in _as_list(images)]
     if device is not None:
         model.to(device)

@@ -23,15 +23,36 @@ def fast_mode() -> bool:
 def pick_device(prefer: str | None = None) -> torch.device:
     """The best device available: CUDA, then Apple's MPS, then the CPU.
 
-    ``prefer`` (for example ``"cpu"``) overrides the choice.
+    ``prefer`` (for example ``"cpu"``, ``"cuda:1"``) overrides the choice; a device this machine does not have
+    is refused with a ValueError that says what it has.
     """
     if prefer is not None:
-        return torch.device(prefer)
+        return _checked(prefer)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _checked(name: str | torch.device) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {str(name)!r}; use cpu, cuda, cuda:N or mps") from error
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(name)!r} asked for, but this machine has no usable CUDA GPU (torch "
+                             f"{torch.__version__}, built for CUDA {torch.version.cuda}); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {str(name)!r} asked for, but this machine has {count} CUDA GPU(s): "
+                             f"cuda:0..cuda:{count - 1}")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {str(name)!r} asked for, but MPS (Apple GPUs) is not available; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps", "meta"):
+        raise ValueError(f"device {str(name)!r} is not supported here; use cpu, cuda or mps")
+    return device
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import logging
 import math
@@ -42,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from rtmdet_lesson import distributed
@@ -60,7 +59,8 @@ REFERENCE_BATCH = 256  # ... for its total batch of 8 GPUs x 32 images
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 AUGMENTS = ("reference", "flip", "none")
 CACHE_MODES = ("off", "on", "auto")
-ZERO_POSITIVE_PATIENCE = 10  # first iterations watched for "objects but no positives" (field-notes 1.2)
+ZERO_POSITIVE_PATIENCE = 10  # first iterations watched for "objects but no positives"
+MAX_BAD_STEPS_IN_A_ROW = 5  # this many skipped (non-finite) steps in a row stop the run: it has diverged
 
 
 def scaled_lr(total_batch: int) -> float:
@@ -118,12 +118,21 @@ class TrainConfig:
         """A copy with every derived setting filled in and checked."""
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        image_size = self.image_size or PRESETS[self.preset]["input_size"]
-        if image_size % 32:
-            raise ValueError(f"image size {image_size} is not a multiple of 32; try 320 or 640")
+        image_size = self.image_size if self.image_size is not None else PRESETS[self.preset]["input_size"]
+        if image_size < 32 or image_size % 32:
+            raise ValueError(f"image size {image_size} is not a positive multiple of 32; try 320 or 640")
         if min(self.epochs, self.batch_size, self.eval_interval, self.save_interval) < 1:
             raise ValueError(f"epochs, batch size, eval and save intervals must be at least 1, got {self.epochs}, "
                              f"{self.batch_size}, {self.eval_interval}, {self.save_interval}")
+        for name, low, high in (("lr", 0.0, None), ("weight_decay", 0.0, None), ("min_lr_ratio", 0.0, 1.0),
+                                ("flat_fraction", 0.0, 1.0), ("ema_momentum", 0.0, 1.0), ("warmup_iters", 0, None),
+                                ("ema_gamma", 0.0, None), ("workers", 0, None)):
+            value = getattr(self, name)
+            if value is not None and not (value >= low and (high is None or value <= high)):
+                bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+                raise ValueError(f"{name.replace('_', '-')} must be {bounds}, got {value}")
+        if self.lr is not None and self.lr == 0:
+            raise ValueError("lr must be above 0, got 0")
         if self.augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
         cache = {True: "on", False: "off"}.get(self.cache_images, self.cache_images)  # bool: older checkpoints
@@ -168,25 +177,15 @@ def build_datasets(config: TrainConfig) -> tuple[CocoInstanceDataset, CocoInstan
         raise ValueError("no training data: give --data DIR or --images DIR --annotations FILE")
     if len(train_ds) == 0 or not train_ds.coco.anns:
         raise ValueError(f"the training set {train_ds.annotation_file} has no images or no annotations")
+    if val_ds is not None and not val_ds.coco.anns:
+        raise ValueError(f"the validation set {val_ds.annotation_file} has no annotations, so its AP is undefined; "
+                         "give an annotated val split, or none (then best.pth is not written)")
     if val_ds is not None and val_ds.class_names != train_ds.class_names:
         raise ValueError(
             f"train and val categories differ ({train_ds.class_names} vs {val_ds.class_names}); "
             "both annotation files need the same 'categories'"
         )
     return train_ds, val_ds
-
-
-class _ResumableSampler(Sampler):
-    """The epoch's order from a ``DistributedSampler``, less the first ``skip`` indices (already trained on)."""
-
-    def __init__(self, sampler: DistributedSampler):
-        self.sampler, self.skip = sampler, 0
-
-    def __iter__(self):
-        return itertools.islice(iter(self.sampler), self.skip, None)
-
-    def __len__(self) -> int:
-        return max(0, len(self.sampler) - self.skip)
 
 
 def build_pipeline(config: TrainConfig):
@@ -208,7 +207,31 @@ def build_pipeline(config: TrainConfig):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# state that has to survive a restart
+# the output folder: one run per folder
+
+RUN_FILES = ("log.jsonl", "last.pth", "best.pth", "final.pth")
+
+
+def claim_output_folder(out: Path, resume: str | Path | None, overwrite: bool) -> None:
+    """Make sure ``out`` holds no other run's files before this run writes there; never mix two runs.
+
+    Resuming from a checkpoint inside ``out`` continues that run in place. Otherwise a folder that holds a
+    run's files is refused, unless ``overwrite`` is set: then those files (and only those) are deleted first.
+    Every process checks; under torchrun only rank 0 is passed ``overwrite`` and deletes.
+    """
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if not found or (resume is not None and Path(resume).resolve().parent == out.resolve()):
+        return
+    if not overwrite:
+        hint = f"continue it with --resume {out / 'last.pth'}, " if "last.pth" in found else ""
+        raise FileExistsError(f"{out} already holds a training run ({', '.join(found)}); {hint}start a new run "
+                              "in another folder with --out DIR, or replace it with --overwrite")
+    for name in found:
+        (out / name).unlink()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# state that has to survive a restart, or a step that went wrong
 
 
 def _rng_state() -> dict:
@@ -232,6 +255,38 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _NormStatistics:
+    """A copy of every BatchNorm running statistic of a model, to put back after a step that is skipped.
+
+    The forward pass updates running means and variances before the loss exists: one batch with a non-finite
+    loss would otherwise leave NaN in every BN layer (and, through the EMA, in the exported model).
+    """
+
+    def __init__(self, model: nn.Module):
+        self.live = [buffer for module in model.modules() if isinstance(module, nn.modules.batchnorm._NormBase)
+                     and module.track_running_stats
+                     for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)]
+        self.saved = [buffer.clone() for buffer in self.live]
+
+    def save(self) -> None:
+        if self.live:
+            torch._foreach_copy_(self.saved, self.live)
+
+    def restore(self) -> None:
+        if self.live:
+            torch._foreach_copy_(self.live, self.saved)
+
+
+def gradients_are_finite(parameters) -> bool:
+    """True if no gradient holds an inf or a NaN (one host synchronisation)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    return not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when ``MAX_BAD_STEPS_IN_A_ROW`` steps in a row had a non-finite loss or gradient."""
 
 
 class _WithLoss(nn.Module):
@@ -261,11 +316,13 @@ class _JsonLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def train(config: TrainConfig, resume: str | Path | None = None, max_iters: int | None = None, on_step=None) -> dict:
+def train(config: TrainConfig, resume: str | Path | None = None, max_iters: int | None = None, on_step=None,
+          overwrite: bool = False) -> dict:
     """Train a model as ``config`` says. Chapter 07.
 
     Returns a dict: ``model`` (the EMA model, or the trained one without EMA), ``train_model``, ``out``,
-    ``iterations``, ``stopped`` (True when ``max_iters`` ended it), ``metrics`` (the last evaluation),
+    ``iterations``, ``stopped`` (True when ``max_iters`` or a signal ended it), ``signal`` (the signal number
+    that stopped it, else None), ``metrics`` (the last evaluation),
     ``skipped_steps``, and after a complete run ``final`` (the exported checkpoint), ``seconds`` and
     ``eval_seconds`` (the part of ``seconds`` spent in evaluations; each one's is in its ``eval`` log record).
 
@@ -277,11 +334,21 @@ def train(config: TrainConfig, resume: str | Path | None = None, max_iters: int 
             Ctrl-C (SIGINT, also Jupyter's "interrupt kernel") or SIGTERM does the same after the current step;
             a second Ctrl-C stops at once (the last epoch's last.pth is then what is left).
         on_step: called as ``on_step(record)`` after every optimizer step with the logged record (a dict).
+        overwrite: delete an earlier run's files in ``config.out`` first; without it such a folder is refused
+            (``claim_output_folder``), so that two runs never mix.
+
+    A step whose loss or gradients are not finite is skipped and leaves the weights, BN statistics, EMA and
+    optimizer exactly as they were; ``MAX_BAD_STEPS_IN_A_ROW`` of them in a row write ``last.pth`` (the state
+    before them) and raise ``TrainingDiverged``.
 
     Run it under ``torchrun --nproc_per_node=N`` for DistributedDataParallel; ``batch_size`` is per process.
     Writes to ``config.out``: ``log.jsonl``, ``last.pth`` (every epoch), ``best.pth`` (best segm AP, bbox AP
     for detectors) and ``final.pth`` (the EMA weights only, fp16 if ``export_half``).
     """
+    if max_iters is not None and max_iters < 1:
+        raise ValueError(f"max-iters must be at least 1, got {max_iters}")
+    config.resolve()  # bad settings fail here, before any process group or file exists
+    claim_output_folder(Path(config.out), resume, overwrite and distributed.launched_rank() == 0)
     info = distributed.setup(config.device)
     try:
         with _StopRequest() as stop:
@@ -298,7 +365,7 @@ class _StopRequest:
     """Turns the first SIGINT/SIGTERM into a request to stop after the current step (checked by the loop)."""
 
     def __init__(self):
-        self.requested, self.previous = False, {}
+        self.requested, self.signal, self.previous = False, None, {}
 
     def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
@@ -308,7 +375,7 @@ class _StopRequest:
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signal = True, signum
         log.warning("stop requested: finishing this step and writing last.pth (interrupt again to stop at once)")
 
     def __exit__(self, *exc) -> None:
@@ -323,8 +390,6 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
     from rtmdet_lesson.schedule import build_lr_scheduler, param_groups
 
     device, out = info.device, Path(config.out)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
     jlog = _JsonLog(out / "log.jsonl" if info.is_main else None)
     amp_dtype = AMP_DTYPES[config.amp]
     if amp_dtype == torch.float16 and device.type != "cuda":
@@ -334,6 +399,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
 
     train_raw, val_ds = build_datasets(config)
     class_names = list(train_raw.class_names)
+    label_to_category_id = dict(train_raw.label_to_category_id)  # kept in every checkpoint, used by predict
     # every rank holds its own cache, so "auto" leaves each of them its share of the memory
     refusal = config.cache_images == "auto" and too_big(train_raw, MEMORY_SHARE / info.world_size)
     if refusal:
@@ -361,15 +427,13 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
     ema = ExpMomentumEMA(model, momentum=config.ema_momentum, gamma=config.ema_gamma) if config.ema else None
     eval_model = ema.module if ema is not None else model
 
-    # data order: DistributedSampler (one shard per rank; shuffled by seed and epoch) wrapped to skip on resume
-    base_sampler = DistributedSampler(
-        train_raw, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=config.seed
-    )
-    if len(base_sampler) < config.batch_size:
-        raise ValueError(f"{len(train_raw)} training images give {len(base_sampler)} per process, fewer than the "
+    # data order: DistributedSampler (one shard per rank; shuffled by seed and epoch)
+    sampler = DistributedSampler(train_raw, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=config.seed)
+    if len(sampler) < config.batch_size:
+        raise ValueError(f"{len(train_raw)} training images give {len(sampler)} per process, fewer than the "
                          f"batch size {config.batch_size}; lower --batch-size")
-    sampler = _ResumableSampler(base_sampler)
-    iters_per_epoch = len(base_sampler) // config.batch_size  # drop_last: every batch is full
+    iters_per_epoch = len(sampler) // config.batch_size  # drop_last: every batch is full
     total_iters = iters_per_epoch * config.epochs
     switch_epoch = config.epochs - config.stage2_epochs
     # rank r augments with seed + r; AugmentedDataset reseeds at (seed, epoch, worker) so epochs are reproducible
@@ -395,11 +459,20 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
     )  # stepped every iteration
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    epoch, epoch_iter, iteration, best, skipped, rng, data_rng = 0, 0, 0, -1.0, 0, None, None
+    if info.is_main:  # made once the data and the model are known to be usable
+        out.mkdir(parents=True, exist_ok=True)
+    epoch, epoch_iter, iteration, best, skipped, rng = 0, 0, 0, -1.0, 0, None
     if resume is not None:
-        state = load_checkpoint(resume, map_location=device).get("train_state")
+        checkpoint = load_checkpoint(resume)  # on the CPU: the RNG states must stay there
+        state = checkpoint.get("train_state")
         if state is None:
             raise ValueError(f"{resume} holds no training state (an exported final.pth?); resume from last.pth")
+        if (checkpoint["preset"], checkpoint["num_classes"]) != (config.preset, len(class_names)):
+            raise ValueError(
+                f"{resume} is a {checkpoint['preset']} run with {checkpoint['num_classes']} classes, but this run "
+                f"builds {config.preset} with {len(class_names)}; resume with the checkpoint's preset and data, or "
+                "start a new run in another folder"
+            )
         model.load_state_dict(state["model"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
@@ -414,10 +487,11 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
         epoch, epoch_iter, iteration = state["epoch"], state["epoch_iter"], state["iteration"]
         best, skipped = state["best"], state["skipped_steps"]
         if len(state["rng"]) == info.world_size:
-            rng, data_rng = state["rng"][info.rank]
+            rng = state["rng"][info.rank]
+            rng = rng[0] if isinstance(rng, (list, tuple)) else rng  # older files: (global RNGs, data RNG)
         else:
-            _say(info, f"resuming a {len(state['rng'])}-process run on {info.world_size}: the data order is kept, "
-                       "the random augmentations are new", logging.WARNING)
+            _say(info, f"resuming a {len(state['rng'])}-process run on {info.world_size}: the data shards and the "
+                       "random augmentations differ from an uninterrupted run", logging.WARNING)
         _say(info, f"resumed from {resume} at epoch {epoch}, iteration {iteration}")
         jlog.write(event="resume", checkpoint=str(resume), epoch=epoch, iteration=iteration)
     else:
@@ -428,7 +502,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
 
     def save(paths: list[Path], metrics: dict) -> None:
         """Write checkpoints of the whole run on rank 0, with every rank's RNG states (all ranks call this)."""
-        rngs = distributed.gather_objects((_rng_state(), train_ds.rng.bit_generator.state), info)
+        rngs = distributed.gather_objects(_rng_state(), info)
         if not info.is_main:
             return
         train_state = {
@@ -438,44 +512,55 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
             "skipped_steps": skipped, "rng": rngs, "config": asdict(config),
         }
         for path in paths:
-            save_checkpoint(path, eval_model, class_names, metrics=metrics, train_state=train_state)
+            save_checkpoint(path, eval_model, class_names, metrics=metrics, train_state=train_state,
+                            label_to_category_id=label_to_category_id)
 
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    norm_statistics = _NormStatistics(model)
     metrics: dict = {}
-    positives_seen = 0.0
+    positives_seen, bad_in_a_row = 0.0, 0
     bar = tqdm(total=total_iters, initial=iteration, disable=not (info.is_main and config.progress),
                desc="train", dynamic_ncols=True)
     start, eval_seconds = time.perf_counter(), 0.0
     while epoch < config.epochs:
         if epoch == switch_epoch and epoch > 0:
             _say(info, f"epoch {epoch}: stage 2, the light pipeline (no mosaic, no mixup) for the last epochs")
-        base_sampler.set_epoch(epoch)  # the epoch's shuffle
-        train_ds.set_epoch(epoch)  # the epoch's augmentation seed and pipeline stage
-        sampler.skip = epoch_iter * config.batch_size  # > 0 only when resuming in the middle of an epoch
+        sampler.set_epoch(epoch)  # the epoch's shuffle
+        train_ds.set_epoch(epoch)  # the epoch's augmentation seed and pipeline stage; empty mosaic/mixup caches
         batches = iter(loader)
-        if rng is not None:  # restored after the iterator exists, so that creating it changes nothing
+        # Resuming mid-epoch: run the data pipeline over the batches already trained on and drop them, so that the
+        # augmentation generator and the mosaic and mixup caches are exactly where the stopped run left them.
+        for _ in range(epoch_iter):
+            next(batches)
+        if rng is not None:  # restored after the replay, which touches only the data's own generators
             _set_rng_state(rng)
-            if config.workers == 0:  # the augmentation generator lives in this process
-                train_ds.rng.bit_generator.state = data_rng
             rng = None
         for images, targets in batches:
             lr = optimizer.param_groups[0]["lr"]
             x = normalize(images.to(device, non_blocking=True))  # (B, 3, S, S) BGR float
             targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
                        for t in targets]
+            norm_statistics.save()
             with autocast:
                 losses = loss_module(x, targets)
             loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
+            stepped = False
             if distributed.all_true(bool(torch.isfinite(loss)), info):  # every rank skips together
                 scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                scaler.unscale_(optimizer)  # a no-op without fp16
+                if gradients_are_finite(model.parameters()):  # averaged by DDP: the same answer on every rank
+                    scaler.step(optimizer)
+                    stepped = True
+                scaler.update()  # fp16: lowers the loss scale after an overflow
+            if stepped:
+                bad_in_a_row = 0
                 if ema is not None:
                     ema.update(model)
-            else:
-                skipped += 1
-                _say(info, f"iteration {iteration}: the loss is not finite ({_fmt(losses)}); step skipped "
-                           f"({skipped} so far)", logging.WARNING)
+            else:  # leave everything as it was before this batch
+                norm_statistics.restore()
+                skipped, bad_in_a_row = skipped + 1, bad_in_a_row + 1
+                _say(info, f"iteration {iteration}: the loss or a gradient is not finite ({_fmt(losses)}); step "
+                           f"skipped ({skipped} so far)", logging.WARNING)
                 jlog.write(event="skipped_step", epoch=epoch, iteration=iteration, **_floats(losses))
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
@@ -493,12 +578,20 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
                             lr=f"{lr:.2e}", refresh=False)
             if on_step is not None:
                 on_step(record)
+            if bad_in_a_row >= MAX_BAD_STEPS_IN_A_ROW:
+                save([out / "last.pth"], metrics)
+                bar.close()
+                raise TrainingDiverged(
+                    f"{bad_in_a_row} steps in a row had a non-finite loss or gradient at iteration {iteration}: the "
+                    f"run has diverged (lr {config.lr:.3g}). The state before them is in {out / 'last.pth'}; resume "
+                    "with a lower --lr, or check the data"
+                )
             if distributed.any_true(stop.requested or (max_iters is not None and iteration >= max_iters), info):
                 save([out / "last.pth"], metrics)
                 bar.close()
                 _say(info, f"stopped after {iteration} iterations; continue with --resume {out / 'last.pth'}")
-                return {"out": out, "iterations": iteration, "stopped": True, "metrics": metrics,
-                        "skipped_steps": skipped, "model": eval_model, "train_model": model}
+                return {"out": out, "iterations": iteration, "stopped": True, "signal": stop.signal,
+                        "metrics": metrics, "skipped_steps": skipped, "model": eval_model, "train_model": model}
         epoch, epoch_iter = epoch + 1, 0
         distributed.broadcast_buffers([model] + ([ema.module] if ema is not None else []), info)
         paths = [out / "last.pth"] if epoch % config.save_interval == 0 or epoch == config.epochs else []
@@ -512,18 +605,19 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
             if score > best:  # only rank 0 has metrics; the others never save anyway
                 best = score
                 paths.append(out / "best.pth")
-        if paths:
+        if distributed.any_true(bool(paths), info):  # rank 0 alone may add best.pth: every rank must join save
             save(paths, metrics)
     bar.close()
     elapsed = time.perf_counter() - start
     final = out / "final.pth"
     if info.is_main:
-        save_checkpoint(final, eval_model, class_names, half=config.export_half, metrics=metrics)
+        save_checkpoint(final, eval_model, class_names, half=config.export_half, metrics=metrics,
+                        label_to_category_id=label_to_category_id)
         _say(info, f"done: {iteration} iterations in {elapsed:.0f} s; EMA weights in {final}"
                    + "".join(f", {k} {metrics[k]:.3f}" for k in ("bbox_AP", "segm_AP") if k in metrics))
-    return {"out": out, "iterations": iteration, "stopped": False, "metrics": metrics, "skipped_steps": skipped,
-            "final": final, "seconds": elapsed, "eval_seconds": eval_seconds, "model": eval_model.eval(),
-            "train_model": model}
+    return {"out": out, "iterations": iteration, "stopped": False, "signal": None, "metrics": metrics,
+            "skipped_steps": skipped, "final": final, "seconds": elapsed, "eval_seconds": eval_seconds,
+            "model": eval_model.eval(), "train_model": model}
 
 
 def _evaluate(model: nn.Module, val_ds, info: distributed.DistInfo, config: TrainConfig) -> dict:
@@ -615,6 +709,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--out", default=None, help="output folder (default: runs/PRESET)")
     parser.add_argument("--resume", default=None, metavar="CKPT",
                         help="continue a run from its last.pth, with its settings (any given here override them)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete an earlier run's files in --out first (without it such a folder is refused)")
     parser.add_argument("--max-iters", type=int, default=None,
                         help="stop after this many iterations in total (writes last.pth to resume from)")
     parser.add_argument("--bf16", action="store_true", help="shorthand for --amp bf16")
@@ -686,14 +782,18 @@ def main(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     config = config_from_args(args, checkpoint_config(args.resume) if args.resume else None)
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-    with logging_redirect_tqdm(loggers=[log]):
-        train(config, resume=args.resume, max_iters=args.max_iters)
-    return 0
+    if args.resume and not args.out:  # continue in the checkpoint's folder, wherever the run was moved to
+        config = TrainConfig(**{**asdict(config), "out": str(Path(args.resume).parent)})
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        with logging_redirect_tqdm(loggers=[log]):
+            summary = train(config, resume=args.resume, max_iters=args.max_iters, overwrite=args.overwrite)
+    finally:
+        log.removeHandler(handler)
+    return 128 + summary["signal"] if summary["signal"] else 0  # the shell's convention for a signalled stop
 
 
 if __name__ == "__main__":  # `torchrun ... -m rtmdet_lesson.train ...` works without the package CLI too

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
+
+from rtmdet_lesson.image_files import read_rgb
 
 REGENERATE = "python -m rtmdet_lesson data sprites --out DIR"
 
@@ -40,6 +41,19 @@ def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
     return mask_utils.decode(rle)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _refuse_duplicates(ids: list, what: str, where: str) -> None:
+    seen = set()
+    for value in ids:
+        if value in seen:
+            raise ValueError(f"{what} {value!r} {where} occurs more than once; every {what} must be unique "
+                             "(COCO tools key by it and would silently drop the others)")
+        seen.add(value)
+
+
 def segmentation_problem(segmentation, height: int, width: int) -> str | None:
     """What is wrong with a segmentation for an image of (height, width), or None if it decodes cleanly."""
     if isinstance(segmentation, list):
@@ -49,6 +63,8 @@ def segmentation_problem(segmentation, height: int, width: int) -> str | None:
             if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
                 n = len(poly) if isinstance(poly, list) else type(poly).__name__
                 return f"has a polygon with {n} numbers (a polygon needs an even count, at least 6: 3 points)"
+            if not all(_is_number(v) for v in poly):
+                return "has a polygon with values that are not numbers"
         return None
     if not isinstance(segmentation, dict) or "counts" not in segmentation or "size" not in segmentation:
         return "is neither a list of polygons nor an RLE dict with 'size' and 'counts'"
@@ -59,6 +75,12 @@ def segmentation_problem(segmentation, height: int, width: int) -> str | None:
         return f"is an uncompressed RLE whose runs add up to {sum(counts)} pixels, not H*W = {height * width}"
     if not isinstance(counts, (list, str, bytes)):
         return f"is an RLE whose counts are a {type(counts).__name__} (expected a list or a string)"
+    try:
+        decoded = decode_segmentation(segmentation, height, width)
+    except (ValueError, TypeError) as error:  # pycocotools: "Invalid RLE mask representation"
+        return f"does not decode ({error})"
+    if decoded.shape != (height, width):
+        return f"decodes to shape {decoded.shape}, not the image's ({height}, {width})"
     return None
 
 
@@ -136,10 +158,17 @@ class CocoInstanceDataset:
         for cat in data["categories"]:
             if "id" not in cat or "name" not in cat:
                 raise ValueError(f"category entry {cat} {where} needs an 'id' and a 'name'")
+        _refuse_duplicates([img["id"] for img in data["images"]], "image id", where)
         images = {img["id"]: img for img in data["images"]}
         category_ids = {cat["id"] for cat in data["categories"]}
+        for position, ann in enumerate(data["annotations"]):
+            if "id" not in ann:
+                raise ValueError(f"annotation number {position} (counting from 0) {where} has no 'id'; COCO "
+                                 "evaluation keys annotations by id, so give every annotation a unique one")
+        # pycocotools keys annotations by id: a repeated id silently drops annotations from evaluation
+        _refuse_duplicates([ann["id"] for ann in data["annotations"]], "annotation id", where)
         for ann in data["annotations"]:
-            aid = ann.get("id")
+            aid = ann["id"]
             if ann.get("category_id") not in category_ids:
                 raise ValueError(
                     f"annotation {aid} {where} has category_id {ann.get('category_id')}, which is not among the "
@@ -151,11 +180,13 @@ class CocoInstanceDataset:
             if ann.get("iscrowd", 0):
                 continue
             bbox = ann.get("bbox")
-            if not isinstance(bbox, list) or len(bbox) != 4:
-                raise ValueError(f"annotation {aid} {where} needs 'bbox' as [x, y, w, h], got {bbox!r}")
+            if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+                raise ValueError(f"annotation {aid} {where} needs 'bbox' as four numbers [x, y, w, h], got {bbox!r}")
             if "segmentation" not in ann:
                 raise ValueError(f"annotation {aid} {where} has no 'segmentation'; instance masks are required")
             problem = segmentation_problem(ann["segmentation"], img["height"], img["width"])
+            if problem is None and "area" not in ann:  # COCOeval sorts objects into small/medium/large by area
+                ann["area"] = float(decode_segmentation(ann["segmentation"], img["height"], img["width"]).sum())
             if problem:
                 raise ValueError(
                     f"annotation {aid} (image {img['file_name']}) {where}: its segmentation {problem}; fix or "
@@ -177,8 +208,7 @@ class CocoInstanceDataset:
                 f"dataset regenerate it with `{REGENERATE}`, otherwise check that --images points at the folder "
                 "holding the files the annotation file names"
             )
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB"))  # (H, W, 3)
+        array = read_rgb(path)  # (H, W, 3) uint8; 16-bit files scaled, unreadable ones named
         if array.shape[:2] != (info["height"], info["width"]):
             raise ValueError(
                 f"image {path} is {array.shape[0]}x{array.shape[1]} (HxW) but {self.annotation_file} says "

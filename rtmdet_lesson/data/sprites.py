@@ -54,6 +54,7 @@ from pycocotools import mask as mask_utils
 
 SPRITE_CLASSES = ("portrait", "character", "slime", "chest", "coin")
 SPLITS = ("train", "val")
+DESCRIPTION = "rtmdet-lesson pixel sprites"  # in every annotations.json: marks a folder this generator wrote
 IMAGE_SIDES = (192, 224, 256, 288, 320)
 MAX_OBJECTS = 12
 MIN_VISIBLE_PIXELS = 20
@@ -408,7 +409,7 @@ def _write_split(out: Path, seed: int, split: str, count: int) -> tuple[Path, in
     for p in stale:  # images from an earlier, larger run would otherwise sit unlisted next to the new ones
         p.unlink()
     coco = {
-        "info": {"description": "rtmdet-lesson pixel sprites", "seed": seed, "split": split, "version": 1},
+        "info": {"description": DESCRIPTION, "seed": seed, "split": split, "version": 1},
         "images": images,
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": n, "supercategory": "sprite"} for i, n in enumerate(SPRITE_CLASSES)],
@@ -429,10 +430,45 @@ def generate_sprites(out: str | os.PathLike, seed: int = 0, n_train: int = 1000,
     return paths
 
 
+def foreign_content(out: Path) -> str | None:
+    """What in ``out`` was not written by this generator (a path), or None if regenerating there is safe.
+
+    Safe: a missing or empty folder, or one holding only ``train/`` and ``val/`` splits as ``_write_split``
+    writes them (``images/NNNNNN.png`` files and an ``annotations.json`` marked as the sprites). Regenerating
+    rewrites and deletes files inside such splits, so any other folder is refused.
+    """
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return str(out)
+    for entry in out.iterdir():
+        if entry.name not in ("train", "val") or not entry.is_dir():
+            return str(entry)
+        for item in entry.iterdir():
+            if item.name == "annotations.json":
+                try:
+                    description = json.loads(item.read_text(encoding="utf-8"))["info"]["description"]
+                except (ValueError, KeyError, TypeError):
+                    description = None
+                if description != DESCRIPTION:
+                    return str(item)
+            elif item.name == "images" and item.is_dir():
+                strange = next((p for p in item.iterdir() if not re.fullmatch(r"\d{6}\.png", p.name)), None)
+                if strange is not None:
+                    return str(strange)
+            elif not item.name.endswith(".json.tmp"):  # an interrupted write of annotations.json
+                return str(item)
+    return None
+
+
 def _generate(out: Path, seed: int, counts: dict[str, int]) -> tuple[dict, dict]:
     for split, n in counts.items():
         if n < 0:
             raise ValueError(f"--{split} must be 0 or more images, got {n}")
+    foreign = foreign_content(out)
+    if foreign is not None:
+        raise FileExistsError(f"{out} holds files the sprites generator did not write ({foreign}); it would "
+                              "overwrite or delete files there, so choose a new or empty folder")
     paths, stats = {}, {}
     for split, n in counts.items():
         ann_file, n_inst, n_stale = _write_split(out, seed, split, n)
