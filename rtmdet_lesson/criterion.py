@@ -54,16 +54,20 @@ def check_targets(targets: list[dict], batch_size: int, num_classes: int, image_
         if labels.dtype != torch.int64 or labels.shape != (len(boxes),):
             raise ValueError(f"{where}['labels'] must be int64 of shape ({len(boxes)},), got {labels.dtype} "
                              f"{tuple(labels.shape)}; convert with labels.long()")
-        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(f"{where}['labels'] must lie in 0..{num_classes - 1}, got {labels.min().item()}.."
-                             f"{labels.max().item()}; map COCO category ids to contiguous labels "
-                             "(CocoInstanceDataset does) or build the model with the right num_classes")
         if need_masks:
             masks = t["masks"]
             if masks.dtype != torch.bool or masks.shape != (len(boxes), h, w):
                 raise ValueError(f"{where}['masks'] must be bool ({len(boxes)}, {h}, {w}) at the network input "
                                  f"size, got {masks.dtype} {tuple(masks.shape)}; letterbox/pad the masks with "
                                  "the image and convert with masks.bool()")
+    labels = torch.cat([t["labels"] for t in targets])  # (sum G,): one host synchronisation for the whole batch
+    if len(labels) and not bool(((labels >= 0) & (labels < num_classes)).all()):
+        i = next(i for i, t in enumerate(targets) if len(t["labels"]) and (t["labels"].min() < 0
+                                                                             or t["labels"].max() >= num_classes))
+        bad = targets[i]["labels"]
+        raise ValueError(f"targets[{i}]['labels'] must lie in 0..{num_classes - 1}, got {bad.min().item()}.."
+                         f"{bad.max().item()}; map COCO category ids to contiguous labels "
+                         "(CocoInstanceDataset does) or build the model with the right num_classes")
 
 
 def compute_losses(outputs: HeadOutput, targets: list[dict], image_size: tuple[int, int],

@@ -75,7 +75,9 @@ def setup(device: str | None = None, timeout_minutes: float = 30.0) -> DistInfo:
         raise ValueError(f"distributed training supports CUDA (NCCL) or CPU (gloo), not {chosen.type}; "
                          "pass --device cpu or run a single process.")
     if not dist.is_initialized():
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(minutes=timeout_minutes))
+        bound = {"device_id": chosen} if backend == "nccl" else {}  # NCCL then knows each rank's GPU up front
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(minutes=timeout_minutes),
+                                **bound)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=chosen, backend=backend)
 
 

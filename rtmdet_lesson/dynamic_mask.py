@@ -102,7 +102,8 @@ def dynamic_mask_logits(
     if not in_order:
         order = torch.argsort(image_index, stable=True)
         params = [p[order] for p in params]
-    chunk_size = max(1, CHUNK_FLOATS // (DYCONV_CHANNELS * h * w))
+    # CPU: chunks that fit its cache; a GPU gains nothing from them and pays a kernel launch per chunk
+    chunk_size = max(1, CHUNK_FLOATS // (DYCONV_CHANNELS * h * w)) if mask_feats.device.type == "cpu" else max(k, 1)
     sizes, owners = [], []  # rows per chunk, and the image each chunk belongs to
     for image, count in enumerate(torch.bincount(image_index, minlength=b).tolist()):
         for start in range(0, count, chunk_size):

@@ -99,7 +99,7 @@ def masks_to_original(logits: torch.Tensor, letterbox: Letterbox, mask_thr: floa
                 window = torch.mm(torch.mm(a_y[y : y + wh, r0:r1], logits[i, r0:r1, c0:c1]), a_x[x : x + ww, c0:c1].T)
                 torch.gt(window, logit_thr, out=masks[i, y : y + wh, x : x + ww])
             continue
-        for part in torch.arange(len(members)).split(per_product):
+        for part in torch.arange(len(members), device=members.device).split(per_product):
             rows, a_rows = _window(a_y, y_first, y_last, top[part], wh)  # (n, rh) input rows, (n, wh, rh) weights
             cols, a_cols = _window(a_x, x_first, x_last, left[part], ww)  # (n, rw), (n, ww, rw)
             inputs = logits[members[part, None, None], rows[:, :, None], cols[:, None, :]]  # (n, rh, rw) they read

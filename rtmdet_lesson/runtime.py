@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 FAST_ENV = "RTMDET_LESSON_FAST"
+DEVICE_ENV = "RTMDET_LESSON_DEVICE"  # e.g. "cpu": the default device wherever none is given (the unit tests set it)
 
 
 def fast_mode() -> bool:
@@ -23,9 +24,11 @@ def fast_mode() -> bool:
 def pick_device(prefer: str | None = None) -> torch.device:
     """The best device available: CUDA, then Apple's MPS, then the CPU.
 
-    ``prefer`` (for example ``"cpu"``, ``"cuda:1"``) overrides the choice; a device this machine does not have
-    is refused with a ValueError that says what it has.
+    ``prefer`` (for example ``"cpu"``, ``"cuda:1"``) overrides the choice, and so does the environment variable
+    ``RTMDET_LESSON_DEVICE`` when ``prefer`` is None; a device this machine does not have is refused with a
+    ValueError that says what it has.
     """
+    prefer = prefer if prefer is not None else os.environ.get(DEVICE_ENV) or None
     if prefer is not None:
         return _checked(prefer)
     if torch.cuda.is_available():

@@ -107,7 +107,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         raise ValueError("fold_batchnorm needs an eval-mode model (folding bakes in the running statistics); "
                          "call model.eval() first, or use optimize_for_inference, which works on a copy")
     for module in list(model.modules()):
-        if isinstance(module, ConvBNAct) and isinstance(module.bn, nn.BatchNorm2d):
+        if isinstance(module, ConvBNAct) and isinstance(module.bn, nn.modules.batchnorm._BatchNorm):  # + SyncBN
             module.conv, module.bn = fold_conv_bn(module.conv, module.bn), nn.Identity()
         for name, child in module.named_children():
             if isinstance(child, SharedConvTower):
@@ -119,14 +119,18 @@ def low_precision_dtype(device: torch.device) -> torch.dtype | None:
     """The reduced precision that is fast on ``device``, or None where fp32 is the fastest (then ``fast`` = ``exact``).
 
     CPUs: bf16 with AMX or AVX-512 BF16 units (without them bf16 is emulated and slower than fp32).
-    CUDA: bf16 where supported (Ampere and newer), else fp16. MPS and others: None. Chapter 09.
+    CUDA: bf16 on GPUs with native bf16 (compute capability 8.0+: Ampere and newer), else fp16 (with a grad
+    scaler in training). MPS and others: None. Chapter 09.
     """
     if device.type == "cpu":
         probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private torch helpers: probe gently
         has_units = any(getattr(torch.cpu, name, lambda: False)() for name in probes)
         return torch.bfloat16 if has_units else None
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # cuDNN convolves in bf16 from compute capability 8.0 (Ampere) on; torch.cuda.is_bf16_supported() also
+        # says yes on older GPUs (T4, V100) that only emulate bf16, where convolutions would fail or crawl
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16
     return None
 
 

@@ -178,8 +178,9 @@ def build_datasets(config: TrainConfig) -> tuple[CocoInstanceDataset, CocoInstan
     if len(train_ds) == 0 or not train_ds.coco.anns:
         raise ValueError(f"the training set {train_ds.annotation_file} has no images or no annotations")
     if val_ds is not None and not val_ds.coco.anns:
-        raise ValueError(f"the validation set {val_ds.annotation_file} has no annotations, so its AP is undefined; "
-                         "give an annotated val split, or none (then best.pth is not written)")
+        log.warning(f"the validation set {val_ds.annotation_file} has no annotations, so its AP is undefined: no "
+                    "evaluation, and no best.pth")
+        val_ds = None
     if val_ds is not None and val_ds.class_names != train_ds.class_names:
         raise ValueError(
             f"train and val categories differ ({train_ds.class_names} vs {val_ds.class_names}); "
@@ -395,7 +396,10 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
     if amp_dtype == torch.float16 and device.type != "cuda":
         raise ValueError(f"fp16 autocast needs CUDA (the device is {device.type}); use --amp bf16 or --amp off")
     seed_everything(config.seed + info.rank)  # rank 0 = a single-process run with the same seed
-    keep_freed_memory()  # reuse freed activations instead of page-faulting fresh memory every step (chapter 09)
+    if device.type == "cpu":
+        keep_freed_memory()  # reuse freed activations instead of page-faulting fresh memory every step (chapter 09)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the canvas is fixed: let cuDNN pick each conv's fastest algorithm
 
     train_raw, val_ds = build_datasets(config)
     class_names = list(train_raw.class_names)
@@ -567,8 +571,10 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
             iteration, epoch_iter = iteration + 1, epoch_iter + 1
 
             num_gt = float(sum(len(t["labels"]) for t in targets))
-            record = {**_floats(losses), "loss": float(loss.detach()), "num_gt": num_gt}
+            stop_here = stop.requested or (max_iters is not None and iteration >= max_iters)
+            record = {**_floats({**losses, "loss": loss}), "num_gt": num_gt, "stop": float(stop_here)}
             record = distributed.mean_over_ranks(record, info)  # averaged over ranks, identical on all of them
+            stop_here = record.pop("stop") > 0  # one rank asked to stop: all stop after the same step
             record = {"epoch": epoch, "iteration": iteration, "lr": lr, **record, "skipped_steps": skipped}
             positives_seen += record["num_pos"]
             _check_positives(info, iteration, record, positives_seen)
@@ -586,7 +592,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
                     f"run has diverged (lr {config.lr:.3g}). The state before them is in {out / 'last.pth'}; resume "
                     "with a lower --lr, or check the data"
                 )
-            if distributed.any_true(stop.requested or (max_iters is not None and iteration >= max_iters), info):
+            if stop_here:
                 save([out / "last.pth"], metrics)
                 bar.close()
                 _say(info, f"stopped after {iteration} iterations; continue with --resume {out / 'last.pth'}")
@@ -646,7 +652,10 @@ def _check_positives(info, iteration: int, record: dict, positives_seen: float) 
 
 
 def _floats(losses: dict) -> dict:
-    return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items()}
+    """The numbers of a losses dict as Python floats, read from the device in one synchronisation."""
+    device = next((v.device for v in losses.values() if torch.is_tensor(v)), None)
+    values = [torch.as_tensor(v, dtype=torch.float64, device=device).detach().reshape(()) for v in losses.values()]
+    return dict(zip(losses, torch.stack(values).tolist(), strict=True))
 
 
 def _fmt(losses: dict) -> str:
