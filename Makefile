@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SPRITES := data/sprites/val/annotations.json
 
-.PHONY: lab test setup data clean
+.PHONY: lab test gpu-check setup data clean
 
 lab: setup data
 	$(BIN)/jupyter lab notebooks/
@@ -14,6 +14,10 @@ test: setup data
 	RTMDET_LESSON_FAST=1 TQDM_DISABLE=1 $(BIN)/pytest tests
 	RTMDET_LESSON_FAST=1 TQDM_DISABLE=1 $(BIN)/pytest --nbval --nbval-current-env \
 		--nbval-cell-timeout=300 --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks
+
+# On a machine with CUDA GPUs: the checks the CPU suite cannot make (tools/gpu_check.sh says which), ~10 minutes.
+gpu-check:
+	bash tools/gpu_check.sh
 
 setup: $(VENV)/.installed
 

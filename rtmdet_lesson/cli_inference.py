@@ -39,6 +39,8 @@ def expand_inputs(paths: list[str]) -> list[Path]:
     """The image files named on the command line, each folder replaced by the images inside it (sorted)."""
     files = []
     for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"image file {str(path)!r} does not exist; check the path")
         if path.is_dir():
             found = images_in_folder(path)
             if not found:

@@ -15,9 +15,10 @@ Checkpoints never lose work: they are written atomically and hold everything the
 (weights, EMA, optimizer, schedule position, grad scaler, every rank's RNG states, data order), so
 ``--resume last.pth`` continues exactly where the run stopped. ``model`` in every checkpoint holds the EMA
 weights, so any of them loads with ``checkpoint.load_checkpoint_model`` for prediction and evaluation.
-How exact: bit for bit with ``workers=0`` (a test checks it). With workers, resuming at an epoch boundary is
-exact too (each epoch's augmentation restarts from (seed, epoch, worker)); in the middle of an epoch the data
-order is kept but the rest of the epoch's augmentation draws differ, and mosaic/mixup caches restart empty.
+How exact: bit for bit, with or without workers, mid-epoch or at an epoch's end (``tests/test_trust.py``): a
+resumed epoch replays its data pipeline up to the stop point (without training), so the augmentation generator
+and the mosaic and mixup caches are where they were. With several processes this holds per rank when the run
+resumes on as many processes.
 
 Several processes: ``torchrun --nproc_per_node=N -m rtmdet_lesson train ...`` wraps the model in
 DistributedDataParallel (NCCL on GPUs with SyncBatchNorm, gloo on CPUs without), shards the data with a
