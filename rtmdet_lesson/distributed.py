@@ -88,12 +88,6 @@ def cleanup(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def barrier(info: DistInfo) -> None:
-    """Wait until every rank gets here (a no-op for one process)."""
-    if info.distributed:
-        dist.barrier()
-
-
 def all_true(flag: bool, info: DistInfo) -> bool:
     """True only if ``flag`` is true on every rank (so all ranks take the same branch, e.g. skip a step)."""
     if not info.distributed:

@@ -17,7 +17,6 @@ instance's window where the mask can be on (chapter 09); on a GPU the whole canv
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 
@@ -112,11 +111,6 @@ def encode_masks(masks: torch.Tensor) -> list[dict]:
     array = masks.detach().cpu().transpose(1, 2).contiguous().view(torch.uint8).numpy().transpose(2, 1, 0)
     rles = mask_utils.encode(array) if masks.shape[0] else []
     return [{"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in rles]
-
-
-def results_to_json(results: list[dict]) -> str:
-    """COCO result dicts -> a JSON string (what ``loadRes`` and the CLI read)."""
-    return json.dumps(results)
 
 
 def select_candidates(
