@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rtmdet_lesson.assigner import AssignResult, DynamicSoftLabelAssigner, center_of_mass, pad_targets
+from rtmdet_lesson.assigner import AssignResult, DynamicSoftLabelAssigner, box_centers, center_of_mass, pad_targets
 from rtmdet_lesson.boxes import distance_to_box
 from rtmdet_lesson.dynamic_mask import dynamic_mask_logits
 from rtmdet_lesson.head import HeadOutput
@@ -107,7 +107,7 @@ def _compute_losses(outputs: HeadOutput, targets: list[dict], image_size: tuple[
     boxes = distance_to_box(priors[:, :2], distances)  # (B, N, 4) no clamping in training
 
     # RTMDet-Ins centres each object's soft centre prior on its mask's centre of mass; RTMDet on the box centre.
-    centers = [center_of_mass(t["masks"]) if with_mask else (t["boxes"][:, :2] + t["boxes"][:, 2:]) / 2
+    centers = [center_of_mass(t["masks"]) if with_mask else box_centers(t["boxes"])
                for t in targets]
     gt_boxes, gt_labels, gt_centers, gt_valid = pad_targets(
         [t["boxes"].float() for t in targets], [t["labels"] for t in targets], centers
