@@ -1,7 +1,7 @@
 """The command line: ``python -m rtmdet_lesson`` (or ``rtmdet-lesson``) with one sub-command per job.
 
 Each sub-command's work lives in the module that owns it (and the chapter that teaches it: ``data`` 00,
-``summary`` 03, ``train`` 07, ``predict``/``evaluate`` 08); this file only parses arguments.
+``summary`` 03, ``train`` 07, ``predict``/``evaluate`` 08, ``export``: ``deploy/``); this file only parses arguments.
 """
 
 from __future__ import annotations
@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inference path (chapter 09): plain, exact (default: same answers, faster), fast "
                              "(+ bf16 where the hardware has it) or compile (+ torch.compile)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object last")
+    for inference in (predict, evaluate):
+        inference.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                               help="torch (default) runs a .pth checkpoint; onnxruntime runs a .onnx file written by "
+                                    "`export` (--speed does not apply; needs pip install -e .[deploy])")
+
+    from rtmdet_lesson.deploy.export import add_export_arguments
+
+    add_export_arguments(sub.add_parser("export", help="export a checkpoint's network to ONNX (the deploy extra)"))
     return parser
 
 
@@ -75,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         from rtmdet_lesson import cli_inference
 
         return getattr(cli_inference, f"{args.command}_main")(args) or 0
+    if args.command == "export":
+        from rtmdet_lesson.deploy.export import main as export_main
+
+        return export_main(args) or 0
     raise AssertionError(f"unhandled command {args.command!r}")
 
 

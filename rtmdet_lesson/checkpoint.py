@@ -58,6 +58,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; check the path (train one with "
                                 "`python -m rtmdet_lesson train`).")
+    if path.suffix == ".onnx":
+        raise ValueError(f"{str(path)!r} is an exported ONNX model, not a checkpoint; run it with --backend "
+                         "onnxruntime (rtmdet_lesson.deploy.load_onnx_model) or give the .pth it was exported from")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # the weights-only unpickler raises many kinds on foreign files

@@ -3,7 +3,9 @@
     python -m rtmdet_lesson predict IMAGE... --checkpoint CKPT [--out DIR] [--score-thr X] [--config eval|deploy]
     python -m rtmdet_lesson evaluate --checkpoint CKPT (--data DIR | --images DIR --annotations FILE) [--json]
 
-Both take ``--speed plain|exact|fast|compile`` (default ``exact``: the same answers, faster; chapter 09).
+Both take ``--speed plain|exact|fast|compile`` (default ``exact``: the same answers, faster; chapter 09), and
+``--backend onnxruntime`` to run a ``.onnx`` file written by ``python -m rtmdet_lesson export`` instead
+(``deploy/``; the same post-processing).
 
 Chapter 08 builds what they call (``predict``, ``evaluate_coco``, ``draw_instances``); these are thin wrappers
 for people who never open a notebook.
@@ -27,8 +29,16 @@ from rtmdet_lesson.runtime import pick_device
 from rtmdet_lesson.speed import optimize_for_inference
 
 
-def _load(path, device, speed: str = "exact"):
+def _load(path, device, speed: str = "exact", backend: str = "torch"):
     """The checkpoint's model on ``device`` behind the ``speed`` inference path, and its category-id map."""
+    if backend == "onnxruntime":  # an exported .onnx file: the network in ONNX Runtime, the same post-processing
+        from rtmdet_lesson.deploy.ort_model import load_onnx_model
+
+        try:
+            model = load_onnx_model(path, device)
+        except (FileNotFoundError, ValueError, ImportError) as error:
+            raise SystemExit(f"error: {error}") from error
+        return model, model.label_to_category_id
     try:
         checkpoint = load_checkpoint(path)
     except (FileNotFoundError, ValueError) as error:
@@ -45,7 +55,7 @@ def predict_main(args) -> int:
     in the command line (from 1). Category ids come from the checkpoint's ``label_to_category_id`` if it has
     one, else label + 1.
     """
-    model, label_to_category_id = _load(args.checkpoint, args.device, args.speed)
+    model, label_to_category_id = _load(args.checkpoint, args.device, args.speed, args.backend)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -85,7 +95,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 def evaluate_main(args) -> int:
     """COCO bbox/segm AP of a checkpoint on a dataset; with ``--json`` the last line is one JSON object."""
-    model, _ = _load(args.checkpoint, args.device, args.speed)
+    model, _ = _load(args.checkpoint, args.device, args.speed, args.backend)
     dataset = _dataset(args)
     if model.num_classes != len(dataset.class_names):
         raise SystemExit(
@@ -96,7 +106,8 @@ def evaluate_main(args) -> int:
         print(f"warning: class names differ: model {model.class_names}, dataset {dataset.class_names}",
               file=sys.stderr)
     metrics = evaluate_coco(model, dataset, config=args.config)
-    print(f"{args.checkpoint} on {len(dataset)} images ({args.config} settings, {args.speed} path); AP in percent:")
+    path = "onnxruntime" if args.backend == "onnxruntime" else f"{args.speed} path"
+    print(f"{args.checkpoint} on {len(dataset)} images ({args.config} settings, {path}); AP in percent:")
     print(format_metrics(metrics))
     if args.json:
         print(json.dumps(metrics))
