@@ -50,9 +50,14 @@ class OnnxRuntimeModel(nn.Module):
         device: ``None``/``"cpu"`` or ``"cuda"`` (needs onnxruntime-gpu).
         threads: ONNX Runtime's intra-op threads (default: ``torch.get_num_threads()``, so that both backends
             use the same number of cores).
+        spin: let ONNX Runtime's worker threads spin-wait for work after a run (its default: a little lower
+            latency, but the cores stay busy for a moment after every run). False lets them sleep, which suits a
+            shared CPU or a process that runs torch work between calls (``benchmarks/bench_inference.py`` times
+            torch in turn with it).
     """
 
-    def __init__(self, path: str | Path, device: str | torch.device | None = None, threads: int | None = None):
+    def __init__(self, path: str | Path, device: str | torch.device | None = None, threads: int | None = None,
+                 spin: bool = True):
         super().__init__()
         ort = import_extra("onnxruntime")
         path = Path(path)
@@ -61,6 +66,8 @@ class OnnxRuntimeModel(nn.Module):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.log_severity_level = 3  # errors only: its warnings are about optimisations, not our graph
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = _providers(ort, device)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
@@ -122,7 +129,7 @@ class OnnxRuntimeModel(nn.Module):
         return predict(self, images, **kwargs)
 
 
-def load_onnx_model(path: str | Path, device: str | torch.device | None = None,
-                    threads: int | None = None) -> OnnxRuntimeModel:
-    """An exported file ready for ``predict`` and ``evaluate_coco``: ``OnnxRuntimeModel(path, device, threads)``."""
-    return OnnxRuntimeModel(path, device, threads)
+def load_onnx_model(path: str | Path, device: str | torch.device | None = None, threads: int | None = None,
+                    spin: bool = True) -> OnnxRuntimeModel:
+    """An exported file ready for ``predict`` and ``evaluate_coco``: ``OnnxRuntimeModel(...)`` with these arguments."""
+    return OnnxRuntimeModel(path, device, threads, spin)
