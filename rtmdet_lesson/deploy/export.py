@@ -136,13 +136,14 @@ def export_onnx(
 
     Which network: the ``exact`` one of chapter 09 (``speed.optimize_for_inference``), not the model as built.
     Its outputs equal the plain network's to float rounding (``tests/test_export.py`` checks 1e-4 relative
-    against the plain model), and it is the simpler graph: BatchNorm already folded into the convs (the
-    exporter's optimiser and ONNX Runtime fold most of them too, but not the head's, whose shared conv meets a
-    different BN on each level; ``exact`` gives each level its own folded conv), and the Ins head's cls tower
-    run once instead of the reference's second pass for the box branch, where otherwise a runtime would have to
-    notice the duplicate. The plain network's layer-for-layer view is for comparing with the reference, which
-    the file is not for. Exported with ``torch.onnx.export(..., dynamo=True)`` (``torch.export``), the
-    exporter torch recommends; the network has no data-dependent control flow, so nothing is lost in tracing.
+    against the plain model), and it gives the simpler graph without relying on the exporter's optimiser: every
+    BatchNorm folded into its conv and the Ins head's cls tower run once. Exported as built, the graph keeps the
+    head's BNs (its shared conv meets a different BN on each level, so no pass can fold them into one conv;
+    ``exact`` gives each level its own folded conv) and depends on the optimiser noticing that the box branch's
+    second pass of the cls tower repeats the first. ``exact`` also exports faster. The plain network's
+    layer-for-layer view is for comparing with the reference, which a deployed file is not for. Exported with
+    ``torch.onnx.export(..., dynamo=True)`` (``torch.export``), the exporter torch recommends; the network has no
+    data-dependent control flow, so tracing loses nothing.
     """
     onnx = import_extra("onnx")
     import_extra("onnxscript")  # the dynamo exporter needs it; say so before it fails deep inside
