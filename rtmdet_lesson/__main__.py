@@ -1,10 +1,10 @@
 """The command line: ``python -m rtmdet_lesson`` (or ``rtmdet-lesson``) with one sub-command per job.
 
 Each sub-command's work lives in the module that owns it (and the chapter that teaches it: ``data`` 00,
-``summary`` 03, ``train`` 07, ``predict``/``evaluate`` 08); this file parses arguments and turns a user's
-mistake (a bad path, file, dataset or setting: ``ValueError`` and ``OSError`` with our messages) into one line
-and exit status 2. Any other exception is a bug and keeps its traceback; ``--debug`` (or
-``RTMDET_LESSON_DEBUG=1``) shows the traceback of user errors too.
+``summary`` 03, ``train`` 07, ``predict``/``evaluate`` 08, ``export``: ``deploy/``); this file parses arguments
+and turns a user's mistake (a bad path, file, dataset or setting: ``ValueError`` and ``OSError`` with our
+messages; a missing optional package) into one line and exit status 2. Any other exception is a bug and keeps
+its traceback; ``--debug`` (or ``RTMDET_LESSON_DEBUG=1``) shows the traceback of user errors too.
 """
 
 from __future__ import annotations
@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inference path (chapter 09): plain, exact (default: same answers, faster), fast "
                              "(+ bf16 where the hardware has it) or compile (+ torch.compile)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object last")
+    for inference in (predict, evaluate):
+        inference.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                               help="torch (default) runs a .pth checkpoint; onnxruntime runs a .onnx file written by "
+                                    "`export` (--speed does not apply; needs pip install -e .[deploy])")
+
+    from rtmdet_lesson.deploy.export import add_export_arguments
+
+    add_export_arguments(sub.add_parser("export", help="export a checkpoint's network to ONNX (the deploy extra)"))
     return parser
 
 
@@ -72,11 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.debug or os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}:
         return run(args)
+    from rtmdet_lesson.deploy.extra import MissingExtra
     from rtmdet_lesson.train import TrainingDiverged
 
     try:
         return run(args)
-    except (*USER_ERRORS, TrainingDiverged) as error:
+    except (*USER_ERRORS, MissingExtra, TrainingDiverged) as error:
         print(f"rtmdet-lesson {args.command}: error: {_message(error)}", file=sys.stderr)
         return 1 if isinstance(error, TrainingDiverged) else 2
 
@@ -106,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
         from rtmdet_lesson import cli_inference
 
         return getattr(cli_inference, f"{args.command}_main")(args) or 0
+    if args.command == "export":
+        from rtmdet_lesson.deploy.export import main as export_main
+
+        return export_main(args) or 0
     raise AssertionError(f"unhandled command {args.command!r}")
 
 

@@ -113,6 +113,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                                 "`python -m rtmdet_lesson train`).")
     if path.stat().st_size == 0:
         raise ValueError(f"{str(path)!r} is empty (0 bytes): an interrupted copy or download? Copy it again.")
+    if path.suffix == ".onnx":
+        raise ValueError(f"{str(path)!r} is an exported ONNX model, not a checkpoint; run it with --backend "
+                         "onnxruntime (rtmdet_lesson.deploy.load_onnx_model) or give the .pth it was exported from")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # the weights-only unpickler raises many kinds on foreign files

@@ -3,7 +3,9 @@
     python -m rtmdet_lesson predict IMAGE_OR_FOLDER... --checkpoint CKPT [--out DIR] [--score-thr X] [--overwrite]
     python -m rtmdet_lesson evaluate --checkpoint CKPT (--data DIR | --images DIR --annotations FILE) [--json]
 
-Both take ``--speed plain|exact|fast|compile`` (default ``exact``: the same answers, faster; chapter 09).
+Both take ``--speed plain|exact|fast|compile`` (default ``exact``: the same answers, faster; chapter 09), and
+``--backend onnxruntime`` to run a ``.onnx`` file written by ``python -m rtmdet_lesson export`` instead
+(``deploy/``; the same post-processing).
 
 Chapter 08 builds what they call (``predict``, ``evaluate_coco``, ``draw_instances``); these are thin wrappers
 for people who never open a notebook.
@@ -28,8 +30,13 @@ from rtmdet_lesson.runtime import pick_device
 from rtmdet_lesson.speed import optimize_for_inference
 
 
-def _load(path, device, speed: str = "exact"):
+def _load(path, device, speed: str = "exact", backend: str = "torch"):
     """The checkpoint's model on ``device`` behind the ``speed`` inference path, and its category-id map."""
+    if backend == "onnxruntime":  # an exported .onnx file: the network in ONNX Runtime, the same post-processing
+        from rtmdet_lesson.deploy.ort_model import load_onnx_model
+
+        model = load_onnx_model(path, device)
+        return model, model.label_to_category_id
     checkpoint = load_checkpoint(path)
     model = optimize_for_inference(model_from_checkpoint(checkpoint, pick_device(device)), speed)
     return model, category_ids(checkpoint)
@@ -84,7 +91,7 @@ def predict_main(args) -> int:
     if existing and not args.overwrite:
         raise FileExistsError(f"{existing[0]} already exists (and {len(existing) - 1} more output file(s)); "
                               "choose another --out, or pass --overwrite to replace earlier predictions")
-    model, label_to_category_id = _load(args.checkpoint, args.device, args.speed)
+    model, label_to_category_id = _load(args.checkpoint, args.device, args.speed, args.backend)
     out.mkdir(parents=True, exist_ok=True)
     results, failed = [], []
     for image_id, (path, drawing) in enumerate(zip(tqdm(inputs, desc="predict"), drawings, strict=True), start=1):
@@ -128,7 +135,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 def evaluate_main(args) -> int:
     """COCO bbox/segm AP of a checkpoint on a dataset; with ``--json`` the last line is one JSON object."""
-    model, _ = _load(args.checkpoint, args.device, args.speed)
+    model, _ = _load(args.checkpoint, args.device, args.speed, args.backend)
     dataset = _dataset(args)
     if model.num_classes != len(dataset.class_names):
         raise ValueError(
@@ -139,7 +146,8 @@ def evaluate_main(args) -> int:
         print(f"warning: class names differ: model {model.class_names}, dataset {dataset.class_names}",
               file=sys.stderr)
     metrics = evaluate_coco(model, dataset, config=args.config)
-    print(f"{args.checkpoint} on {len(dataset)} images ({args.config} settings, {args.speed} path); AP in percent:")
+    path = "onnxruntime" if args.backend == "onnxruntime" else f"{args.speed} path"
+    print(f"{args.checkpoint} on {len(dataset)} images ({args.config} settings, {path}); AP in percent:")
     print(format_metrics(metrics))
     if args.json:
         print(json.dumps(metrics))

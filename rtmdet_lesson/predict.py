@@ -145,7 +145,8 @@ def predict(
     rgb = [to_rgb_tensor(image) for image in _as_list(images)]
     if device is not None:
         model.to(device)
-    param = next(model.parameters())
+    param = next(model.parameters(), None)  # None: a model without torch weights (deploy.OnnxRuntimeModel)
+    input_device, dtype = (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.float32)
     was_training = model.training
     if was_training:  # model.eval() walks every module: skip it when there is nothing to switch
         model.eval()
@@ -153,9 +154,9 @@ def predict(
     try:
         with torch.inference_mode():
             for start in range(0, len(rgb), batch_size):
-                boxed = [letterbox_image(image.to(param.device), canvas) for image in rgb[start : start + batch_size]]
+                boxed = [letterbox_image(image.to(input_device), canvas) for image in rgb[start : start + batch_size]]
                 x = normalize(torch.stack([canvas_image for canvas_image, _ in boxed]))  # (B, 3, CH, CW)
-                outputs = model(x.to(param.dtype))
+                outputs = model(x.to(dtype))
                 strides = tuple(getattr(model, "strides", (8, 16, 32)))
                 results += postprocess(outputs, [box for _, box in boxed], cfg, strides)
     finally:
