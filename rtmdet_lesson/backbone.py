@@ -12,7 +12,8 @@ from torch import nn
 
 from rtmdet_lesson.blocks import ConvBNAct, CSPLayer, SPPBottleneck, init_backbone_neck_weights
 
-# (in, out, num_blocks, add_identity, use_spp) of stages 1-4 before scaling (facts 3.1).
+# (in, out, num_blocks, add_identity, use_spp) of stages 1-4 before scaling (mmdetection's CSPNeXt.arch_settings['P5'],
+# mmdet/models/backbones/cspnext.py).
 ARCH_P5 = (
     (64, 128, 3, True, False),
     (128, 256, 6, True, False),

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BN_MOMENTUM = 0.1  # PyTorch defaults: the configs pass SyncBN without momentum/eps (facts 0.4), not 0.03/1e-3
+BN_MOMENTUM = 0.1  # PyTorch defaults: the configs pass SyncBN without momentum/eps (configs/rtmdet), not 0.03/1e-3
 BN_EPS = 1e-5
 
 

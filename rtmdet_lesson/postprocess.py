@@ -1,6 +1,7 @@
 """From raw head outputs to instances: thresholds, NMS, dynamic masks, back to the original image (chapter 08).
 
-Per image, in the reference's order (rtmdet-ins-facts section 9):
+Per image, in the reference's order (mmdetection's RTMDetInsSepBNHead._predict_by_feat_single and
+_bbox_mask_post_process, mmdet/models/dense_heads/rtmdet_ins_head.py):
 
 1. sigmoid the class logits; on each level keep the (prior, class) pairs above ``score_thr`` (multi-label:
    one prior may give several candidates) and of those the ``nms_pre`` best;
@@ -175,7 +176,7 @@ def mask_logits_to_original(logits: torch.Tensor, letterbox: Letterbox, mask_str
 
     Bilinear x8 to the canvas (align_corners False), crop the content region the letterbox filled, then
     bilinear resize to ``original_size``: the y size from ``scale_y``, the x size from ``scale_x`` (swapping
-    them is the reference's bug, field-notes 1.1).
+    them is the reference's bug: mmdetection issues #10179 and #11230, fixed by PR #11231).
     """
     k, h, w = logits.shape
     canvas = F.interpolate(logits[None], size=(h * mask_stride, w * mask_stride), mode="bilinear", align_corners=False)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-# The reference's DetDataPreprocessor, in BGR order (rtmdet-ins-facts section 8.1).
+# The reference's DetDataPreprocessor, in BGR order (data_preprocessor in configs/rtmdet/rtmdet_l_8xb32-300e_coco.py).
 MEAN_BGR = (103.53, 116.28, 123.675)
 STD_BGR = (57.375, 57.12, 58.395)
 PAD_VALUE = 114  # grey used to pad letterboxed images, as in the reference pipelines
@@ -23,7 +23,7 @@ class Letterbox:
 
     A pixel ``(x, y)`` of the original image lands at ``(x * scale_x + pad_left, y * scale_y + pad_top)``
     on the canvas. Named fields, never a bare tuple: swapping the two scales is the bug behind masks that
-    miss their boxes on non-square images (field-notes 1.1).
+    miss their boxes on non-square images (mmdetection issues #10179 and #11230, PR #11231).
     """
 
     scale_x: float

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from rtmdet_lesson.model import RTMDet
 
-OFFICIAL_FACTORS = {  # size -> (deepen_factor, widen_factor), from the mmdetection configs (facts 3.7)
+OFFICIAL_FACTORS = {  # size -> (deepen_factor, widen_factor), from configs/rtmdet/rtmdet-ins_*_8xb32-300e_coco.py
     "tiny": (0.167, 0.375),
     "s": (0.33, 0.5),
     "m": (0.67, 0.75),

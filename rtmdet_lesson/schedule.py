@@ -1,6 +1,6 @@
 """The learning-rate schedule and the optimizer's parameter groups of the reference recipe (chapter 07).
 
-Per iteration i (rtmdet-ins-facts section 10):
+Per iteration i (param_scheduler in configs/rtmdet/rtmdet_l_8xb32-300e_coco.py):
 
 - linear warm-up over ``warmup_iters``: factor ``s + (1 - s) * i / (warmup_iters - 1)`` with s = 1e-5, so the
   factor is s at i = 0 and reaches 1 at i = warmup_iters - 1 (mmengine's LinearLR, ``end - begin - 1`` steps);

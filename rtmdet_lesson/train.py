@@ -1,7 +1,7 @@
 """The training loop: data, AdamW, warm-up + flat + cosine schedule, EMA, checkpoints, torchrun (chapter 07).
 
-One function, ``train(config)``, runs the reference recipe (rtmdet-ins-facts section 10) on one CPU, one GPU
-or many processes under ``torchrun``:
+One function, ``train(config)``, runs the reference recipe (mmdetection's configs/rtmdet/rtmdet_l_8xb32-300e_coco.py)
+on one CPU, one GPU or many processes under ``torchrun``:
 
     for each epoch:                      stage 1 (mosaic, mixup) ... stage 2 (light pipeline) for the last epochs
         for each batch:                  images (B, 3, S, S) uint8 RGB + one target dict per image
@@ -76,7 +76,7 @@ def scaled_lr(total_batch: int) -> float:
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run. Defaults are the reference recipe (facts section 10) except where a
+    """Every setting of a training run. Defaults are the reference recipe (mmdetection's configs/rtmdet) except where a
     comment says otherwise; ``None`` means "derived", see ``resolve``. Chapter 07 walks through them."""
 
     preset: str = "course-sprites"
@@ -641,12 +641,12 @@ def _evaluate(model: nn.Module, val_ds, info: distributed.DistInfo, config: Trai
 
 
 def _check_positives(info, iteration: int, record: dict, positives_seen: float) -> None:
-    """Field-notes 1.2: no positive priors while there are objects means the targets do not fit the images."""
+    """No positive priors while there are objects means the targets do not fit the images (mmdetection #11148)."""
     if iteration > ZERO_POSITIVE_PATIENCE or record["num_pos"] > 0 or record["num_gt"] == 0:
         return
     message = (f"iteration {iteration}: {record['num_gt']:.0f} objects but no positive priors. The box and mask "
                "losses cannot learn: check that the boxes are x1y1x2y2 pixels of the network input and the labels "
-               "0..C-1 (a category-id mismatch in the annotations is the usual cause, field-notes 1.2)")
+               "0..C-1 (a category-id mismatch in the annotations is the usual cause)")
     if iteration == ZERO_POSITIVE_PATIENCE and positives_seen == 0:
         raise RuntimeError(message + f"; stopped: no positives in the first {iteration} iterations")
     _say(info, message, logging.WARNING)
@@ -728,7 +728,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="the fast settings (chapter 09): --channels-last, the fast mixed precision of the "
                              "device (bf16 on AMX/AVX-512 CPUs and on CUDA with bf16, fp16 on older CUDA) and "
                              "--cache-images auto; settings given as well win over these")
-    recipe = parser.add_argument_group("recipe (defaults: the reference's, rtmdet-ins-facts section 10)")
+    recipe = parser.add_argument_group("recipe (defaults: the reference's, configs/rtmdet in mmdetection)")
     types = {"image_size": int, "lr": float, "stage2_epochs": int, "device": str}
     for f in fields(TrainConfig):
         if f.name not in _HELP:

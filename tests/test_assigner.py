@@ -22,7 +22,7 @@ from rtmdet_lesson.priors import grid_priors
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# A plain, per-image, per-GT re-statement of the reference algorithm (facts 7.3), with the full
+# A plain, per-image, per-GT re-statement of the reference algorithm (DynamicSoftLabelAssigner.assign), with the full
 # (candidates x GTs x classes) soft-label tensor. Slow and memory hungry on purpose: it is the oracle.
 # ---------------------------------------------------------------------------------------------------------------
 def plain_soft_cls_cost(logits, labels, ious):

@@ -1,4 +1,5 @@
-"""CSPNeXt (chapter 01): published per-size widths, depths and parameter counts (facts 3.7 and 12)."""
+"""CSPNeXt (chapter 01): published per-size widths, depths and parameter counts (mmdetection's configs/rtmdet;
+counts from building those configs)."""
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ SIZES = {
     "l": (1.0, 1.0, (32, 32, 64), (128, 256, 512, 1024), (3, 6, 6, 3), 26_138_912),
     "x": (1.33, 1.25, (40, 40, 80), (160, 320, 640, 1280), (4, 8, 8, 4), 47_569_560),
 }
-# parameters removed by dropping ChannelAttention, in millions (facts 12, sanity checks)
+# parameters removed by dropping ChannelAttention, in millions (from building mmdetection's configs)
 ATTENTION_M = {"tiny": 0.197, "s": 0.349, "m": 0.785, "l": 1.395, "x": 2.178}
 
 

@@ -39,7 +39,7 @@ def make_target(boxes, labels):
 
 
 def plain_losses(outputs, targets):
-    """Per image, per positive, with full one-hot soft targets: the straightforward form of facts 7.4."""
+    """Per image, per positive, with full one-hot soft targets: the straightforward form of RTMDetHead.loss_by_feat."""
     h, w = SIZE
     sizes = [tuple(m.shape[-2:]) for m in outputs.cls_scores]
     priors = grid_priors(sizes, (8, 16, 32))

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from rtmdet_lesson.neck import CSPNeXtPAFPN
 
-# size: (in channels, out channels, CSP blocks, neck parameters) from facts 4 and 12
+# size: (in channels, out channels, CSP blocks, neck parameters) from mmdetection's CSPNeXtPAFPN and configs
 SIZES = {
     "tiny": ((96, 192, 384), 96, 1, 2_188_944),
     "s": ((128, 256, 512), 128, 1, 3_883_200),
@@ -42,7 +42,7 @@ def test_output_shapes_and_no_attention_or_residual():
 
 
 def test_forward_follows_the_reference_steps():
-    """A plain re-statement of facts section 4, step by step, with the module's own layers."""
+    """A plain re-statement of CSPNeXtPAFPN.forward, step by step, with the module's own layers."""
     neck, (c3, c4, c5) = _neck_and_inputs()
     with torch.no_grad():
         r5 = neck.reduce_layers[0](c5)

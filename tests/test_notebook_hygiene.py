@@ -1,7 +1,7 @@
 """Every committed notebook comes from a clean top-to-bottom run, so that nbval compares every cell.
 
 nbval silently skips cells that were never executed, and a kernelspec other than python3 breaks
-``--nbval-current-env`` on other machines (field-notes section 3).
+``--nbval-current-env`` on other machines (nbval's documentation).
 """
 
 import json

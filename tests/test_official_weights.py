@@ -23,7 +23,7 @@ def test_the_reference_layouts_are_there():
 
 def _canonical(key):
     """Which stored copy a key is: the shared conv of every level is one tensor, and in RTMDet-Ins the reg tower
-    is the cls tower (facts 15, checkpoint loading). Written from the facts, independently of the package."""
+    is the cls tower (mmdetection's RTMDetInsSepBNHead keys). Written independently of the package."""
     key = re.sub(r"bbox_head\.(cls|reg)_convs\.\d+\.(\d+)\.conv\.weight", r"bbox_head.\1_convs.*.\2.conv.weight", key)
     return key
 

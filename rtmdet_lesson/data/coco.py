@@ -2,7 +2,8 @@
 
 Works on the generated sprites (``sprites_split``) and on real COCO alike. Category ids become labels in
 one explicit step: the sorted category ids map to 0..C-1 (COCO's 80 ids run 1..90 with gaps, so "id - 1"
-is wrong; a silent mismatch here is the classic cause of box and mask losses stuck at zero, field-notes 1.2).
+is wrong; a silent mismatch here is the classic cause of box and mask losses stuck at zero: mmdetection issues
+#11148 and #2942).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The generated pixel-sprite dataset: pixel-art objects on tiled backgrounds, written as COCO (chapter 00).
 
 It mirrors, at laptop scale, the use case the course grew from: finding pixel-art sprites and portraits in
-game screenshots (field-notes section 7). Five classes, drawn on a small grid of "art pixels" with a random
+game screenshots. Five classes, drawn on a small grid of "art pixels" with a random
 palette per object and then blown up by an integer factor with nearest-neighbour repetition, so every
 edge is a hard pixel edge:
 
@@ -18,10 +18,10 @@ of its own pixels stay visible; removing it can only uncover others, so the rule
 changes. Every painted object is therefore annotated, and every annotation keeps at least 20 px and 15% of
 its object (a strip of a mostly hidden object can still be thin).
 
-Sizes: most objects have a short side of at least 16 px, so that stride-8 prior points fall inside them
-(field-notes 1.4); about one in eight is deliberately small (short side about 9 to 15 px). Unoccluded
-sprites measure 9 to 120 px along their long side. Images have sides from ``IMAGE_SIDES`` in any
-combination (square and not).
+Sizes: most objects have a short side of at least 16 px, so that stride-8 prior points fall inside them (a
+prior is an assignment candidate only if its point lies inside the box); about one in eight is deliberately
+small (short side about 9 to 15 px). Unoccluded sprites measure 9 to 120 px along their long side. Images
+have sides from ``IMAGE_SIDES`` in any combination (square and not).
 
 Determinism: sample ``index`` of a split is drawn from ``numpy.random.SeedSequence([seed, split, index])``
 with integer and basic float arithmetic only (no exp/log/sin whose last bit may differ between CPUs), so

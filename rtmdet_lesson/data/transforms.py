@@ -11,7 +11,8 @@ A sample is ``(image, target)`` as the datasets give it: ``image`` uint8 (3, H, 
 Every random transform is a small class called as ``t(image, target, rng)``; ``rng`` is a
 ``numpy.random.Generator`` passed in explicitly (no global random state), so a run is reproducible and
 resumable from its seed. Deterministic steps are plain functions underneath (``resize_sample``,
-``crop_sample``, ...). The pipelines of the reference (rtmdet-ins-facts section 8) are at the bottom:
+``crop_sample``, ...). The pipelines of the reference (train_pipeline and
+train_pipeline_stage2 in configs/rtmdet) are at the bottom:
 ``stage1_pipeline`` (mosaic and mixup), ``stage2_pipeline`` (light, the last 20 epochs), ``train_pipeline``
 (both, with the switch) and ``eval_pipeline`` (letterbox).
 """
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from rtmdet_lesson.preprocess import PAD_VALUE, letterbox_image
 
-# The reference's augmentation settings per model size (rtmdet-ins-facts 8.3): random-resize ratio range and
+# The reference's augmentation settings per model size (configs/rtmdet/rtmdet-ins_*): random-resize ratio range and
 # the two caches (size, random pop vs FIFO) and the mixup probability.
 _TINY = dict(
     ratio_range=(0.5, 2.0),
@@ -648,7 +649,7 @@ def stage1_pipeline(
 
     ``size`` (h, w) is the training canvas (640 official, 320 in the course); the mosaic canvas is twice it and
     the random resize scale is that canvas. ``REFERENCE_AUGMENT[name]`` holds the other arguments per model size.
-    ``mosaic=False`` / ``mixup=False`` leave those steps out (mosaic is the slow one on a CPU, field-notes 1.7);
+    ``mosaic=False`` / ``mixup=False`` leave those steps out (mosaic is the slow one on a CPU, mmdetection #9508);
     without mosaic the resize scale is ``size`` itself. Chapter 07 builds this.
     """
     steps = [CachedMosaic(size, max_cached=mosaic_max_cached, random_pop=mosaic_random_pop)] if mosaic else []
