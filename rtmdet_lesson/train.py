@@ -585,6 +585,9 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
                             lr=f"{lr:.2e}", refresh=False)
             if on_step is not None:
                 on_step(record)
+            # one process: a stop asked for during this step's callback counts now; several: at the next step's
+            # all-reduce, so that every rank stops after the same step
+            stop_here = stop_here or (not info.distributed and stop.requested)
             if bad_in_a_row >= MAX_BAD_STEPS_IN_A_ROW:
                 save([out / "last.pth"], metrics)
                 bar.close()

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,26 +15,12 @@ from torch import nn
 
 from rtmdet_lesson import train as train_module
 from rtmdet_lesson.checkpoint import load_checkpoint
-from rtmdet_lesson.data.sprites import generate_sprites
 from rtmdet_lesson.presets import build_model
 from rtmdet_lesson.speed import fold_batchnorm, low_precision_dtype, optimize_for_inference
-from rtmdet_lesson.train import TrainConfig, train
+from rtmdet_lesson.train import train
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-
-
-@pytest.fixture(scope="module")
-def sprites(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sprites")
-    generate_sprites(root, seed=0, n_train=8, n_val=2)
-    return root
-
-
-def tiny(root: Path, out: Path, **overrides) -> TrainConfig:
-    settings = dict(data=str(root), out=str(out), image_size=64, epochs=2, batch_size=4, workers=0, lr=0.002,
-                    warmup_iters=1, augment="none", stage2_epochs=0, eval_interval=100, progress=False)
-    return TrainConfig(**{**settings, **overrides})
 
 
 @pytest.mark.parametrize("capability, expected", [((7, 0), torch.float16), ((7, 5), torch.float16),
@@ -49,10 +34,10 @@ def test_bf16_only_where_the_gpu_convolves_in_bf16(monkeypatch, capability, expe
     assert seen == [torch.device("cuda", 1)]  # the device's own capability, not the current device's
 
 
-def test_resume_reads_the_checkpoint_on_the_cpu(sprites, tmp_path, monkeypatch):
+def test_resume_reads_the_checkpoint_on_the_cpu(sprites, tmp_path, monkeypatch, quick_config):
     """The saved RNG states must stay CPU tensors (torch.set_rng_state needs a CPU ByteTensor): a resume on a GPU
     that loaded them to the GPU failed. The model, EMA and optimizer states are copied to the device on loading."""
-    config = tiny(sprites, tmp_path / "run")
+    config = quick_config(sprites, tmp_path / "run")
     train(config, max_iters=1)
     real, places = train_module.load_checkpoint, []
 
@@ -92,18 +77,18 @@ def test_the_step_keeps_every_tensor_on_the_inputs_device():
 
 @needs_cuda
 @pytest.mark.parametrize("amp", ["fp16", "bf16"])
-def test_mixed_precision_steps_are_finite_on_cuda(sprites, tmp_path, amp):
+def test_mixed_precision_steps_are_finite_on_cuda(sprites, tmp_path, amp, quick_config):
     if amp == "bf16" and torch.cuda.get_device_capability()[0] < 8:
         pytest.skip("bf16 convolutions need compute capability 8.0")
-    summary = train(tiny(sprites, tmp_path / "run", device="cuda", amp=amp, channels_last=True, epochs=3))
+    summary = train(quick_config(sprites, tmp_path / "run", device="cuda", amp=amp, channels_last=True, epochs=3))
     assert summary["skipped_steps"] <= 2  # fp16: the grad scaler may skip its first overflowing steps
     state = summary["train_model"].state_dict()
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
 @needs_cuda
-def test_resume_on_cuda_continues_the_run(sprites, tmp_path):
-    config = tiny(sprites, tmp_path / "run", device="cuda", epochs=2)
+def test_resume_on_cuda_continues_the_run(sprites, tmp_path, quick_config):
+    config = quick_config(sprites, tmp_path / "run", device="cuda", epochs=2)
     stopped = train(config, max_iters=3)
     assert stopped["stopped"]
     resumed = train(config, resume=tmp_path / "run" / "last.pth")

@@ -19,17 +19,8 @@ import torch
 from rtmdet_lesson import criterion
 from rtmdet_lesson import train as train_module
 from rtmdet_lesson.checkpoint import load_checkpoint, load_checkpoint_model
-from rtmdet_lesson.data.sprites import generate_sprites
 from rtmdet_lesson.speed import low_precision_dtype
 from rtmdet_lesson.train import TrainConfig, add_train_arguments, config_from_args, scaled_lr, train
-
-
-@pytest.fixture(scope="module")
-def sprites(tmp_path_factory) -> Path:
-    """Eight training and two validation sprite images (about a third of a second to generate)."""
-    root = tmp_path_factory.mktemp("sprites")
-    generate_sprites(root, seed=0, n_train=8, n_val=2)
-    return root
 
 
 def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
@@ -153,7 +144,7 @@ def test_torchrun_two_processes_end_identical(sprites, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
                str(sprites), str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     hashes = [(out / f"rank{r}.sha256").read_text() for r in (0, 1)]
     assert hashes[0] == hashes[1]
@@ -167,7 +158,7 @@ def test_torchrun_two_processes_end_identical(sprites, tmp_path):
 # (d) a non-finite loss skips the step and says so
 
 
-def test_non_finite_loss_skips_the_step(sprites, tmp_path, monkeypatch, caplog):
+def test_non_finite_loss_skips_the_step(sprites, tmp_path, monkeypatch, caplog, built_models):
     real, calls = criterion.compute_losses, []
 
     def nan_on_second_call(*args, **kwargs):
@@ -181,17 +172,8 @@ def test_non_finite_loss_skips_the_step(sprites, tmp_path, monkeypatch, caplog):
     seen = []
 
     def remember(record):
-        seen.append({k: v.detach().clone() for k, v in summary_model[0].named_parameters()})
+        seen.append({k: v.detach().clone() for k, v in built_models[0].named_parameters()})
 
-    summary_model = []
-    original_build = train_module.build_model
-
-    def build_and_keep(*args, **kwargs):
-        model = original_build(*args, **kwargs)
-        summary_model.append(model)
-        return model
-
-    monkeypatch.setattr(train_module, "build_model", build_and_keep)
     with caplog.at_level(logging.WARNING, logger="rtmdet_lesson.train"):
         summary = train(tiny_config(sprites, tmp_path / "run", epochs=1, augment="none"), on_step=remember)
     assert summary["skipped_steps"] == 1

@@ -18,7 +18,6 @@ from rtmdet_lesson import train as train_module
 from rtmdet_lesson.__main__ import main as cli
 from rtmdet_lesson.checkpoint import category_ids, load_checkpoint, load_checkpoint_model, save_checkpoint
 from rtmdet_lesson.data.coco import CocoInstanceDataset
-from rtmdet_lesson.data.sprites import generate_sprites
 from rtmdet_lesson.evaluate import evaluate_results, predict_dataset
 from rtmdet_lesson.image_files import pil_to_rgb_array, read_rgb
 from rtmdet_lesson.official_weights import load_mmdet_checkpoint
@@ -26,13 +25,6 @@ from rtmdet_lesson.predict import predict
 from rtmdet_lesson.presets import build_model
 from rtmdet_lesson.runtime import pick_device
 from rtmdet_lesson.train import TrainConfig, TrainingDiverged, train
-
-
-@pytest.fixture(scope="module")
-def sprites(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sprites")
-    generate_sprites(root, seed=0, n_train=8, n_val=2)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +36,6 @@ def checkpoint(tmp_path_factory) -> Path:
         for rtm_cls in model.head.rtm_cls:
             rtm_cls.bias.fill_(-2.9)
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pth", model)
-
-
-def tiny(root: Path, out: Path, **overrides) -> TrainConfig:
-    settings = dict(data=str(root), out=str(out), image_size=64, epochs=2, batch_size=4, workers=0, lr=0.002,
-                    warmup_iters=1, augment="none", stage2_epochs=0, eval_interval=100, progress=False)
-    return TrainConfig(**{**settings, **overrides})
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
@@ -148,13 +134,13 @@ def test_sprites_refuse_a_folder_with_other_files(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_resume_mid_epoch_with_mosaic_and_mixup_is_bit_exact(sprites, tmp_path, workers):
+def test_resume_mid_epoch_with_mosaic_and_mixup_is_bit_exact(sprites, tmp_path, workers, quick_config):
     """Batches of 2 over 8 images: stopped at iteration 3 of epoch 0, with the mosaic cache past its first four
     samples (so mosaic and mixup are both mixing) and resumed; every weight, BN statistic, EMA tensor and
     optimizer state equals the uninterrupted run's."""
     settings = dict(augment="reference", mosaic=True, mixup=True, batch_size=2, workers=workers)
-    train(tiny(sprites, tmp_path / "full", **settings))
-    part = tiny(sprites, tmp_path / "part", **settings)
+    train(quick_config(sprites, tmp_path / "full", **settings))
+    part = quick_config(sprites, tmp_path / "part", **settings)
     assert train(part, max_iters=3)["stopped"]
     assert load_checkpoint(tmp_path / "part" / "last.pth")["train_state"]["epoch_iter"] == 3
     train(part, resume=tmp_path / "part" / "last.pth")
@@ -166,18 +152,18 @@ def test_resume_mid_epoch_with_mosaic_and_mixup_is_bit_exact(sprites, tmp_path, 
         all_tensors_equal(sa, sb)
 
 
-def test_resume_at_an_epoch_boundary_keeps_the_new_epochs_augmentation(sprites, tmp_path):
+def test_resume_at_an_epoch_boundary_keeps_the_new_epochs_augmentation(sprites, tmp_path, quick_config):
     settings = dict(augment="reference", mosaic=True, mixup=True, batch_size=2, epochs=3)
-    train(tiny(sprites, tmp_path / "full", **settings))
-    part = tiny(sprites, tmp_path / "part", **settings)
+    train(quick_config(sprites, tmp_path / "full", **settings))
+    part = quick_config(sprites, tmp_path / "part", **settings)
     train(part, max_iters=4)  # the end of epoch 0
     train(part, resume=tmp_path / "part" / "last.pth")
     all_tensors_equal(load_checkpoint(tmp_path / "full" / "last.pth")["train_state"]["model"],
                       load_checkpoint(tmp_path / "part" / "last.pth")["train_state"]["model"])
 
 
-def test_resume_with_another_preset_is_one_line(sprites, tmp_path):
-    config = tiny(sprites, tmp_path / "run")
+def test_resume_with_another_preset_is_one_line(sprites, tmp_path, quick_config):
+    config = quick_config(sprites, tmp_path / "run")
     train(config, max_iters=1)
     other = TrainConfig(**{**config.__dict__, "preset": "course-sprites-det"})
     with pytest.raises(ValueError, match="is a course-sprites run with 5 classes, but this run builds "
@@ -189,7 +175,8 @@ def test_resume_with_another_preset_is_one_line(sprites, tmp_path):
 # 5: a non-finite step changes nothing, a diverged run stops, no file holds inf or NaN
 
 
-def test_a_nan_batch_leaves_bn_statistics_and_ema_untouched(sprites, tmp_path, monkeypatch):
+def test_a_nan_batch_leaves_bn_statistics_and_ema_untouched(sprites, tmp_path, monkeypatch, quick_config,
+                                                           built_models):
     real, calls = train_module.normalize, []
 
     def nan_second_batch(images):
@@ -199,33 +186,16 @@ def test_a_nan_batch_leaves_bn_statistics_and_ema_untouched(sprites, tmp_path, m
 
     monkeypatch.setattr(train_module, "normalize", nan_second_batch)
     states = []
-    summary = train(tiny(sprites, tmp_path / "run", epochs=1),
+    summary = train(quick_config(sprites, tmp_path / "run", epochs=1),
                     on_step=lambda record: states.append(
-                        {k: v.clone() for k, v in summary_holder[0].state_dict().items()}))
+                        {k: v.clone() for k, v in built_models[0].state_dict().items()}))
     assert summary["skipped_steps"] == 1
     all_tensors_equal(states[0], states[1])  # weights, BN running statistics and counters as before the NaN batch
     final = load_checkpoint(tmp_path / "run" / "final.pth")["model"]
     assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
 
 
-summary_holder: list = []
-
-
-@pytest.fixture(autouse=True)
-def keep_the_model(monkeypatch):
-    """Let a test see the model ``train`` builds (for ``on_step`` callbacks)."""
-    summary_holder.clear()
-    original = train_module.build_model
-
-    def build_and_keep(*args, **kwargs):
-        model = original(*args, **kwargs)
-        summary_holder.append(model)
-        return model
-
-    monkeypatch.setattr(train_module, "build_model", build_and_keep)
-
-
-def test_a_diverging_run_stops_with_a_clear_error(sprites, tmp_path, capsys):
+def test_a_diverging_run_stops_with_a_clear_error(sprites, tmp_path, capsys, quick_config):
     out = tmp_path / "run"
     status, err = run_cli(["train", "--data", str(sprites), "--out", str(out), "--image-size", "64", "--epochs", "5",
                            "--batch-size", "2", "--workers", "0", "--augment", "none", "--stage2-epochs", "0",
@@ -235,7 +205,7 @@ def test_a_diverging_run_stops_with_a_clear_error(sprites, tmp_path, capsys):
     assert state["train_state"]["skipped_steps"] >= train_module.MAX_BAD_STEPS_IN_A_ROW
     assert not (out / "final.pth").exists()
     with pytest.raises(TrainingDiverged):
-        train(tiny(sprites, tmp_path / "api", lr=1e6, warmup_iters=0, epochs=5, batch_size=2))
+        train(quick_config(sprites, tmp_path / "api", lr=1e6, warmup_iters=0, epochs=5, batch_size=2))
 
 
 def test_checkpoints_never_hold_non_finite_values(tmp_path):
@@ -262,7 +232,7 @@ def test_checkpoints_never_hold_non_finite_values(tmp_path):
 # 6: the dataset's category ids
 
 
-def test_predictions_carry_the_datasets_category_ids(sprites, tmp_path):
+def test_predictions_carry_the_datasets_category_ids(sprites, tmp_path, quick_config):
     data = json.loads((sprites / "train" / "annotations.json").read_text())
     ids = {1: 3, 2: 17, 3: 90, 4: 91, 5: 250}  # like COCO's: not 1..C
     for cat in data["categories"]:
@@ -271,7 +241,7 @@ def test_predictions_carry_the_datasets_category_ids(sprites, tmp_path):
         ann["category_id"] = ids[ann["category_id"]]
     annotations = tmp_path / "remapped.json"
     annotations.write_text(json.dumps(data))
-    config = tiny(sprites, tmp_path / "run", data=None, train_images=str(sprites / "train" / "images"),
+    config = quick_config(sprites, tmp_path / "run", data=None, train_images=str(sprites / "train" / "images"),
                   train_annotations=str(annotations), epochs=1)
     summary = train(config)
     for name in ("last.pth", "final.pth"):
