@@ -16,8 +16,10 @@ from rtmdet_lesson.rotated.geometry import (
     regularize_le90,
 )
 from rtmdet_lesson.rotated.iou import intersection_area, rotated_iou
+from rtmdet_lesson.rotated.nms import batched_rotated_nms, rotated_nms
 
 __all__ = [
+    "batched_rotated_nms",
     "corners_to_rbox",
     "intersection_area",
     "norm_angle_le90",
@@ -26,4 +28,5 @@ __all__ = [
     "rbox_to_corners",
     "regularize_le90",
     "rotated_iou",
+    "rotated_nms",
 ]

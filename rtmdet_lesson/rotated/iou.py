@@ -11,6 +11,8 @@ real ones are put in order by their angle around their mean (a convex polygon's 
 around any interior point), the masked ones are replaced by the first vertex (zero-length edges add no
 area), and the shoelace formula gives the area. Everything is tensors of shape (..., 24, 2): no Python loop
 over pairs, any device, and autograd gives the gradient (the ordering is a permutation, so it needs none).
+For every pair of two sets (``aligned=False``) only the pairs whose circumscribed circles meet are clipped;
+the others cannot overlap and get 0.
 
 Numerics, each a choice with a reason:
 
@@ -96,23 +98,26 @@ def intersection_area(a: Tensor, b: Tensor) -> Tensor:
     """Overlap area of rotated boxes that broadcast against each other: (..., 5), (..., 5) -> (...).
 
     Chapter 10 derives it step by step. Sides are taken as absolute values (a negative side is the same
-    rectangle).
+    rectangle). Each box's corners and angle are computed once, in its own shape ((N, 1, 5) against (1, M, 5)
+    for every pair); only the clipping works on the pairs.
     """
-    a, b = torch.broadcast_tensors(a, b)
-    zeros = torch.zeros_like(a[..., :2])
-    b_center = b[..., :2] - a[..., :2]  # (..., 2) b's centre in a frame centred on a's
-    a_local = torch.cat([zeros, a[..., 2:4].abs(), a[..., 4:]], dim=-1)  # (..., 5)
-    b_local = torch.cat([b_center, b[..., 2:4].abs(), b[..., 4:]], dim=-1)  # (..., 5)
-    corners_a, corners_b = rbox_to_corners(a_local), rbox_to_corners(b_local)  # (..., 4, 2) each
+    a_size, b_size = a[..., 2:4].abs(), b[..., 2:4].abs()  # (..., 2) each
+    b_center = b[..., :2] - a[..., :2]  # (..., 2) b's centre in a frame centred on a's: no large coordinates
+    a_origin = torch.cat([torch.zeros_like(a[..., :2]), a_size, a[..., 4:]], dim=-1)  # (..., 5) a at the origin
+    b_origin = torch.cat([torch.zeros_like(b[..., :2]), b_size, b[..., 4:]], dim=-1)  # (..., 5) b at the origin
+    corners_a = rbox_to_corners(a_origin)  # (..., 4, 2)
+    corners_b = rbox_to_corners(b_origin) + b_center[..., None, :]  # (..., 4, 2) for every pair
 
     rel_tol = 64 * torch.finfo(a.dtype).eps
     with torch.no_grad():
-        size = torch.cat([a_local[..., 2:4], b_local[..., 2:4], b_center.abs()], dim=-1).amax(dim=-1)  # (...,)
-        tol = rel_tol * size
-        a_in_b = _inside(corners_a, b_center, b_local[..., 2:4] / 2, b[..., 4].cos(), b[..., 4].sin(), tol)
-        b_in_a = _inside(corners_b, zeros, a_local[..., 2:4] / 2, a[..., 4].cos(), a[..., 4].sin(), tol)
-    crossings, crossing_mask = _edge_crossings(corners_a, corners_b, rel_tol)
+        size = torch.maximum(torch.maximum(a_size.amax(dim=-1), b_size.amax(dim=-1)), b_center.abs().amax(dim=-1))
+        tol = rel_tol * size  # (...,) how far outside a boundary a point may lie and still count as on it
+        a_in_b = _inside(corners_a, b_center, b_size / 2, b[..., 4].cos(), b[..., 4].sin(), tol)  # (..., 4)
+        b_in_a = _inside(corners_b, torch.zeros_like(b_center), a_size / 2, a[..., 4].cos(), a[..., 4].sin(), tol)
+    corners_a, corners_b = torch.broadcast_tensors(corners_a, corners_b)  # (..., 4, 2) each, every pair
+    crossings, crossing_mask = _edge_crossings(corners_a, corners_b, rel_tol)  # (..., 16, 2), (..., 16)
     points = torch.cat([corners_a, corners_b, crossings], dim=-2)  # (..., 24, 2)
+    a_in_b, b_in_a = torch.broadcast_tensors(a_in_b, b_in_a)
     mask = torch.cat([a_in_b, b_in_a, crossing_mask], dim=-1)  # (..., 24)
     area = _polygon_area(points, mask)
     # a polygon assembled from rounded points can come out a hair larger than the smaller box
@@ -138,8 +143,19 @@ def rotated_iou(a: Tensor, b: Tensor, aligned: bool = False, eps: float = IOU_EP
     if aligned and a.shape != b.shape:
         raise ValueError(f"aligned=True pairs a[i] with b[i], so a and b need the same shape, got {tuple(a.shape)} "
                          f"and {tuple(b.shape)}; use aligned=False for every pair")
-    if not aligned:
-        a, b = a[:, None, :], b[None, :, :]  # (N, 1, 5), (1, M, 5)
-    overlap = intersection_area(a, b)  # (N, M) or (N,)
+    if aligned:
+        return _aligned_iou(a, b, eps)
+    # Only pairs whose circumscribed circles meet can overlap; clip just those (in a sparse scene, a few percent).
+    with torch.no_grad():
+        radius_a, radius_b = a[:, 2:4].norm(dim=1) / 2, b[:, 2:4].norm(dim=1) / 2  # (N,), (M,)
+        distance = (a[:, None, :2] - b[None, :, :2]).norm(dim=2)  # (N, M)
+        rows, cols = (distance <= radius_a[:, None] + radius_b[None, :]).nonzero(as_tuple=True)  # (P,) each
+    ious = _aligned_iou(a[rows], b[cols], eps)  # (P,)
+    return a.new_zeros((len(a), len(b))).index_put((rows, cols), ious)  # (N, M)
+
+
+def _aligned_iou(a: Tensor, b: Tensor, eps: float) -> Tensor:
+    """IoU of matching pairs: (P, 5), (P, 5) -> (P,)."""
+    overlap = intersection_area(a, b)  # (P,)
     union = (rbox_area(a) + rbox_area(b) - overlap).clamp(min=eps)
     return overlap / union
