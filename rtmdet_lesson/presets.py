@@ -59,17 +59,21 @@ def build_model(name: str, num_classes: int | None = None, **overrides) -> RTMDe
 
     Args:
         name: one of ``PRESETS`` (``rtmdet-{tiny,s,m,l,x}``, ``rtmdet-ins-{tiny,s,m,l,x}``, ``course-sprites``,
-            ``course-sprites-det``).
-        num_classes: None keeps the preset's (80 for official sizes, 5 for course presets).
+            ``course-sprites-det``) or of ``rotated.model.ROTATED_PRESETS`` (``rtmdet-r-{tiny,s,m,l}``, chapter 10).
+        num_classes: None keeps the preset's (80 for official sizes, 15 for RTMDet-R (DOTA), 5 for course presets).
         overrides: any other ``RTMDet`` argument, e.g. ``widen_factor=0.5``, ``separate_reg_tower=True``,
             ``exp_on_reg=True``, ``class_names=[...]``.
 
     Returns:
-        ``RTMDet`` with ``model.preset == name``; official sizes count exactly the published parameters.
+        ``RTMDet`` (``RTMDetR`` for ``rtmdet-r-*``) with ``model.preset == name``; official sizes count exactly
+        the published parameters.
     """
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid names: {', '.join(PRESETS)}")
-    settings = {**PRESETS[name], **overrides}
+    from rtmdet_lesson.rotated.model import ROTATED_PRESETS, RTMDetR  # imported here: it imports this module
+
+    if name not in PRESETS and name not in ROTATED_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid names: {', '.join([*PRESETS, *ROTATED_PRESETS])}")
+    model_class, presets = (RTMDetR, ROTATED_PRESETS) if name in ROTATED_PRESETS else (RTMDet, PRESETS)
+    settings = {**presets[name], **overrides}
     if num_classes is not None:
         settings["num_classes"] = num_classes
-    return RTMDet(preset=name, **settings)
+    return model_class(preset=name, **settings)
