@@ -106,7 +106,7 @@ def pad_targets(
     """
     b, g = len(boxes), max((len(x) for x in boxes), default=0)
     ref = boxes[0]
-    out_boxes = ref.new_zeros((b, g, 4))
+    out_boxes = ref.new_zeros((b, g, ref.shape[-1]))  # 4 numbers per box, or 5 for rotated boxes (chapter 10)
     out_labels = torch.zeros((b, g), dtype=torch.int64, device=ref.device)
     out_centers = ref.new_zeros((b, g, 2))
     valid = torch.zeros((b, g), dtype=torch.bool, device=ref.device)
@@ -233,6 +233,16 @@ class DynamicSoftLabelAssigner:
         self.center_weight = center_weight
         self.center_base = center_base
 
+    def candidate_mask(self, points: Tensor, gt_boxes: Tensor, gt_valid: Tensor) -> Tensor:
+        """Priors that may take a GT: points (N, 2), gt_boxes (B, G, 4), gt_valid (B, G) -> (B, N) bool.
+        :func:`candidate_mask` here; the rotated assigner (chapter 10) tests rotated boxes instead."""
+        return candidate_mask(points, gt_boxes, gt_valid)
+
+    def pairwise_iou(self, boxes: Tensor, gt_boxes: Tensor) -> Tensor:
+        """IoU of every candidate's predicted box with every GT: (B, M, 4), (B, G, 4) -> (B, M, G).
+        :func:`box_iou` here; the rotated assigner (chapter 10) uses rotated IoU instead."""
+        return box_iou(boxes, gt_boxes)
+
     def candidate_costs(
         self, cls_logits, pred_boxes, priors, gt_boxes, gt_labels, gt_valid, gt_centers, valid
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -246,7 +256,7 @@ class DynamicSoftLabelAssigner:
         safe = index.clamp(max=n - 1)
         batch = torch.arange(b, device=index.device)[:, None]  # (B, 1)
         pair_valid = index_valid[:, :, None] & gt_valid[:, None, :]  # (B, M, G)
-        ious = box_iou(pred_boxes[batch, safe], gt_boxes).masked_fill_(~pair_valid, 0)  # (B, M, G)
+        ious = self.pairwise_iou(pred_boxes[batch, safe], gt_boxes).masked_fill_(~pair_valid, 0)  # (B, M, G)
         cls = soft_classification_cost(cls_logits[batch, safe], gt_labels, ious)  # (B, M, G)
         center = center_prior_cost(
             priors[safe, :2], priors[safe, 2], gt_centers, self.soft_center_radius, self.center_base
@@ -277,7 +287,7 @@ class DynamicSoftLabelAssigner:
         if gt_centers is None:
             gt_centers = box_centers(gt_boxes)
         gt_boxes, gt_centers = gt_boxes.to(pred_boxes.dtype), gt_centers.to(pred_boxes.dtype)
-        valid = candidate_mask(priors[:, :2], gt_boxes, gt_valid)  # (B, N)
+        valid = self.candidate_mask(priors[:, :2], gt_boxes, gt_valid)  # (B, N)
         if valid.any():
             index, _, pair_valid, ious, cost, center = self.candidate_costs(
                 cls_logits, pred_boxes, priors, gt_boxes, gt_labels.masked_fill(~gt_valid, 0), gt_valid,

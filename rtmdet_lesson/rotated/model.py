@@ -53,3 +53,10 @@ class RTMDetR(RTMDet):
     def forward(self, x: torch.Tensor) -> RotatedHeadOutput:
         check_input(x)
         return self.head(self.neck(self.backbone(x)))
+
+    def loss(self, x: torch.Tensor, targets: list[dict]) -> dict:
+        """Training losses of a batch: targets are dicts with ``rboxes`` (G, 5) (cx, cy, w, h, angle in radians)
+        and ``labels`` (G,) int64; see ``rotated.criterion.compute_rotated_losses``."""
+        from rtmdet_lesson.rotated.criterion import compute_rotated_losses
+
+        return compute_rotated_losses(self(x), targets, image_size=tuple(x.shape[-2:]))
