@@ -60,3 +60,10 @@ class RTMDetR(RTMDet):
         from rtmdet_lesson.rotated.criterion import compute_rotated_losses
 
         return compute_rotated_losses(self(x), targets, image_size=tuple(x.shape[-2:]))
+
+    def predict(self, images, **kwargs):
+        """Rotated boxes on raw images of any size: ``rotated.predict.predict_rotated(self, images, **kwargs)``,
+        one ``RotatedInstances`` (``.rboxes`` (K, 5), ``.scores``, ``.labels``) per image, original pixels."""
+        from rtmdet_lesson.rotated.predict import predict_rotated
+
+        return predict_rotated(self, images, **kwargs)
