@@ -144,8 +144,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def model_from_checkpoint(checkpoint: dict, device: torch.device | str | None = None):
     """Rebuild a model from a dict ``load_checkpoint`` returned: fp32, eval mode, ``class_names`` set."""
     from rtmdet_lesson.model import RTMDet
+    from rtmdet_lesson.rotated.model import RTMDetR
 
-    model = RTMDet(preset=checkpoint["preset"], **checkpoint["settings"])
+    rotated = any(key.startswith("head.rtm_ang.") for key in checkpoint["model"])  # RTMDet-R (chapter 10)
+    model = (RTMDetR if rotated else RTMDet)(preset=checkpoint["preset"], **checkpoint["settings"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in checkpoint["model"].items()})
     model.class_names = list(checkpoint["class_names"]) or None
     model.label_to_category_id = category_ids(checkpoint)

@@ -13,6 +13,9 @@ Our layer names equal the reference's everywhere except in the head, so the mapp
 | ``bbox_head.reg_convs.*``                    | ``head.reg_tower.*`` likewise; in the default Ins head the cls tower |
 | every other ``bbox_head.*``                  | ``head.*``                            |
 
+mmrotate's RTMDet-R checkpoints (``RotatedRTMDetSepBNHead``) load the same way into ``build_model("rtmdet-r-*")``
+(chapter 10): their head adds the per-level ``bbox_head.rtm_ang.{level}``, which maps like every other head key.
+
 The reference stores some tensors several times: a shared tower conv under every level, and in RTMDet-Ins
 the whole ``reg_convs`` tree again (it is the cls tower, see ``head.py``). Loading checks that all copies
 are equal and raises if not; exporting writes every copy. Keys that are not network weights are skipped:

@@ -91,3 +91,53 @@ def test_bad_arguments_are_named():
         build_model("rtmdet-r-x")  # mmrotate publishes no x for DOTA
     with pytest.raises(ValueError, match="multiple of 32"):
         meta_model("rtmdet-r-tiny")(torch.zeros(1, 3, 50, 64, device="meta"))
+
+
+def _reference_head_keys(levels=3, convs=2):
+    """The head's parameter and buffer names in mmrotate's RotatedRTMDetSepBNHead, written from its _init_layers:
+    cls_convs / reg_convs [level][i] ConvModules (conv + bn), and per-level rtm_cls, rtm_reg, rtm_ang."""
+    keys = set()
+    for level in range(levels):
+        for tower in ("cls_convs", "reg_convs"):
+            for i in range(convs):
+                keys.add(f"bbox_head.{tower}.{level}.{i}.conv.weight")
+                for field in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                    keys.add(f"bbox_head.{tower}.{level}.{i}.bn.{field}")
+        for pred in ("rtm_cls", "rtm_reg", "rtm_ang"):
+            keys |= {f"bbox_head.{pred}.{level}.weight", f"bbox_head.{pred}.{level}.bias"}
+    return keys
+
+
+def test_official_layout_round_trip():
+    from rtmdet_lesson import export_mmdet_state_dict, load_mmdet_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("rtmdet-r-tiny", widen_factor=0.125).eval()
+    exported = export_mmdet_state_dict(model)
+    assert {k for k in exported if k.startswith("bbox_head.")} == _reference_head_keys()
+    assert tuple(exported["bbox_head.rtm_ang.2.weight"].shape) == (1, 32, 1, 1)
+    fresh = build_model("rtmdet-r-tiny", widen_factor=0.125).eval()
+    load_mmdet_checkpoint(fresh, exported)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model(x), fresh(x)
+    for name in ("cls_scores", "bbox_preds", "angle_preds"):
+        for u, v in zip(getattr(a, name), getattr(b, name), strict=True):
+            torch.testing.assert_close(u, v)
+    # a detector's checkpoint lacks the angle convs: named, not a deep error
+    del exported["bbox_head.rtm_ang.0.weight"]
+    with pytest.raises(ValueError, match="missing: bbox_head.rtm_ang.0.weight"):
+        load_mmdet_checkpoint(fresh, exported)
+
+
+def test_package_checkpoint_round_trip(tmp_path):
+    from rtmdet_lesson.checkpoint import load_checkpoint_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("rtmdet-r-tiny", num_classes=2, widen_factor=0.125, input_size=64).eval()
+    path = save_checkpoint(tmp_path / "r.pth", model, class_names=["ship", "plane"])
+    back = load_checkpoint_model(path)
+    assert isinstance(back, RTMDetR) and back.class_names == ["ship", "plane"] and back.input_size == 64
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x).angle_preds[0], model(x).angle_preds[0])
