@@ -84,7 +84,8 @@ def main(args) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{args.preset}: {model.num_classes} classes, {'RTMDet-Ins' if model.with_mask else 'RTMDet'}")
+    kind = "RTMDet-Ins" if model.with_mask else "RTMDet-R" if hasattr(model.head, "rtm_ang") else "RTMDet"
+    print(f"{args.preset}: {model.num_classes} classes, {kind}")
     print(format_table(summarize(model)))
     print("FLOPs = conv multiply-accumulates for one image (BN, activations, post-processing not counted)")
     return 0

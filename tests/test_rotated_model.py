@@ -141,3 +141,14 @@ def test_package_checkpoint_round_trip(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(back(x).angle_preds[0], model(x).angle_preds[0])
+
+
+def test_summary_names_the_rotated_model(capsys):
+    from rtmdet_lesson.summary import main
+
+    class Args:
+        preset, num_classes = "rtmdet-r-tiny", None
+
+    assert main(Args()) == 0
+    out = capsys.readouterr().out
+    assert "15 classes, RTMDet-R" in out and "4,877,544" in out
