@@ -103,3 +103,40 @@ def points_in_rboxes(points: Tensor, boxes: Tensor, eps: float = 0.0) -> Tensor:
     local_y = -offset[..., 0] * sin + offset[..., 1] * cos  # (P, G) along the h side
     half_w, half_h = boxes[:, 2] / 2 - eps, boxes[:, 3] / 2 - eps  # (G,)
     return (local_x.abs() <= half_w) & (local_y.abs() <= half_h)
+
+
+def min_area_rbox(points: Tensor) -> Tensor:
+    """The minimum-area rectangle around each set of points, in le90: (..., P, 2) -> (..., 5). Chapter 10.
+
+    DOTA annotates objects with four corners that annotators click, so they are rarely an exact rectangle;
+    mmrotate turns them into (cx, cy, w, h, angle) with OpenCV's ``cv2.minAreaRect`` (``qbox2rbox`` in
+    ``mmrotate/structures/bbox/box_converters.py``). The smallest rectangle around a point set has one side
+    along an edge of the set's convex hull (Freeman and Shapira 1975), and every hull edge joins two of the
+    points, so it is enough to try the direction of every pair of points: project the points onto the
+    direction and onto its normal; the spans give the sides and their middle the centre. No hull, no loop.
+
+    Pairs of equal points give no direction and are skipped; if all points coincide the box has sides 0.
+    """
+    if points.ndim < 2 or points.shape[-1] != 2:
+        raise ValueError(f"points must have shape (..., P, 2), got {tuple(points.shape)}")
+    p = points.shape[-2]
+    i, j = torch.triu_indices(p, p, offset=1, device=points.device)  # (Q,) every pair once
+    d = points[..., j, :] - points[..., i, :]  # (..., Q, 2)
+    length = d.norm(dim=-1, keepdim=True)  # (..., Q, 1)
+    u = torch.where(length > 0, d / length.clamp_min(torch.finfo(points.dtype).tiny), torch.zeros_like(d))
+    u = torch.where(length > 0, u, torch.tensor([1.0, 0.0], dtype=points.dtype, device=points.device))
+    v = torch.stack([-u[..., 1], u[..., 0]], dim=-1)  # (..., Q, 2) the normal
+    pu = (points[..., None, :, :] * u[..., :, None, :]).sum(-1)  # (..., Q, P) coordinates along u
+    pv = (points[..., None, :, :] * v[..., :, None, :]).sum(-1)  # (..., Q, P) along v
+    w = pu.amax(-1) - pu.amin(-1)  # (..., Q)
+    h = pv.amax(-1) - pv.amin(-1)  # (..., Q)
+    area = torch.where(length[..., 0] > 0, w * h, torch.full_like(w, math.inf))  # (..., Q)
+    best = area.argmin(dim=-1, keepdim=True)  # (..., 1) the first of equal areas
+    pick = lambda t: t.gather(-1, best)[..., 0]  # noqa: E731  (..., Q) -> (...)
+    mid_u = (pu.amax(-1) + pu.amin(-1)) / 2  # (..., Q)
+    mid_v = (pv.amax(-1) + pv.amin(-1)) / 2
+    ux, uy = pick(u[..., 0]), pick(u[..., 1])  # (...)
+    cu, cv = pick(mid_u), pick(mid_v)
+    cx, cy = cu * ux - cv * uy, cu * uy + cv * ux  # back from the (u, v) frame
+    angle = torch.atan2(uy, ux)
+    return regularize_le90(torch.stack([cx, cy, pick(w), pick(h), angle], dim=-1))
