@@ -25,8 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="generate a dataset")
     data_sub = data.add_subparsers(dest="dataset", required=True)
-    sprites = data_sub.add_parser("sprites", help="the generated pixel-sprite dataset (COCO format)")
-    sprites.add_argument("--out", default="data/sprites", help="output folder (default: data/sprites)")
+    sprites = data_sub.add_parser("sprites", help="the generated pixel-sprite dataset (COCO format, or DOTA format "
+                                  "with --rotated)")
+    sprites.add_argument("--rotated", action="store_true",
+                         help="sprites turned at any angle with oriented boxes, in DOTA's text format (chapter 10)")
+    sprites.add_argument("--out", default=None,
+                         help="output folder (default: data/sprites, with --rotated data/sprites-rotated)")
     sprites.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     sprites.add_argument("--train", type=int, default=1000, help="number of training images (default: 1000)")
     sprites.add_argument("--val", type=int, default=200, help="number of validation images (default: 200)")
@@ -100,8 +104,14 @@ def _message(error: BaseException) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run the parsed sub-command; its return value is the exit status."""
     if args.command == "data":
+        if args.rotated:
+            from rtmdet_lesson.data.rotated_sprites import main as rotated_main
+
+            args.out = args.out or "data/sprites-rotated"
+            return rotated_main(args) or 0
         from rtmdet_lesson.data.sprites import main as sprites_main
 
+        args.out = args.out or "data/sprites"
         return sprites_main(args) or 0
     if args.command == "summary":
         from rtmdet_lesson.summary import main as summary_main
