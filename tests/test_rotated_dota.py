@@ -62,8 +62,8 @@ def _write(tmp_path, text, name="a", size=(40, 60)):
 
 
 def test_parse_dota_skips_headers_and_reads_the_flag(tmp_path):
-    path = _write(tmp_path, "imagesource:GoogleEarth\ngsd:0.146\n"
-                            "10 10 30 10 30 20 10 20 plane 0\n\n1 1 5 1 5 3 1 3 small-vehicle 1\n2 2 6 2 6 4 2 4 ship\n")
+    path = _write(tmp_path, "imagesource:GoogleEarth\ngsd:0.146\n10 10 30 10 30 20 10 20 plane 0\n\n"
+                            "1 1 5 1 5 3 1 3 small-vehicle 1\n2 2 6 2 6 4 2 4 ship\n")
     objects = parse_dota_file(path)
     assert [(name, difficult) for _, name, difficult in objects] == [
         ("plane", False), ("small-vehicle", True), ("ship", False)]
