@@ -57,12 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inference path (chapter 09): plain, exact (default: same answers, faster), fast "
                              "(+ bf16 where the hardware has it) or compile (+ torch.compile)")
 
-    evaluate = sub.add_parser("evaluate", help="COCO bbox and segm AP of a checkpoint on a COCO-format dataset")
+    evaluate = sub.add_parser("evaluate", help="COCO bbox and segm AP of a checkpoint on a COCO-format dataset "
+                              "(DOTA mAP for rotated checkpoints on DOTA-format data)")
     evaluate.add_argument("--checkpoint", required=True, help="a checkpoint written by this package")
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="a dataset folder as `data sprites` writes it (uses its val split)")
     source.add_argument("--images", help="image folder of a COCO-format dataset (with --annotations)")
-    evaluate.add_argument("--annotations", help="COCO instances JSON (with --images)")
+    evaluate.add_argument("--annotations", help="COCO instances JSON (with --images); for a rotated checkpoint the "
+                          "folder of DOTA .txt files")
     evaluate.add_argument("--config", default="eval", choices=["eval", "deploy"], help="post-processing preset")
     evaluate.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     evaluate.add_argument("--speed", default="exact", choices=list(SPEEDS),

@@ -6,6 +6,9 @@
 Both take ``--speed plain|exact|fast|compile`` (default ``exact``: the same answers, faster; chapter 09), and
 ``--backend onnxruntime`` to run a ``.onnx`` file written by ``python -m rtmdet_lesson export`` instead
 (``deploy/``; the same post-processing).
+A rotated checkpoint (RTMDet-R, chapter 10) predicts rotated boxes and evaluates on DOTA-format data (``--data DIR``
+with ``DIR/val/images`` + ``DIR/val/annfiles``, or ``--images DIR --annotations ANNFILES_DIR``) with DOTA's mAP;
+it always runs the plain torch path (the speed paths and the ONNX export are built for the axis-aligned heads).
 
 Chapter 08 builds what they call (``predict``, ``evaluate_coco``, ``draw_instances``); these are thin wrappers
 for people who never open a notebook.
@@ -31,15 +34,44 @@ from rtmdet_lesson.speed import optimize_for_inference
 
 
 def _load(path, device, speed: str = "exact", backend: str = "torch"):
-    """The checkpoint's model on ``device`` behind the ``speed`` inference path, and its category-id map."""
+    """The checkpoint's model on ``device`` behind the ``speed`` inference path, and its category-id map.
+    RTMDet-R models come back as they are (see the module docstring)."""
+    from rtmdet_lesson.rotated.model import RTMDetR
+
     if backend == "onnxruntime":  # an exported .onnx file: the network in ONNX Runtime, the same post-processing
         from rtmdet_lesson.deploy.ort_model import load_onnx_model
 
         model = load_onnx_model(path, device)
         return model, model.label_to_category_id
     checkpoint = load_checkpoint(path)
-    model = optimize_for_inference(model_from_checkpoint(checkpoint, pick_device(device)), speed)
+    model = model_from_checkpoint(checkpoint, pick_device(device))
+    if not isinstance(model, RTMDetR):
+        model = optimize_for_inference(model, speed)
     return model, category_ids(checkpoint)
+
+
+def _is_rotated(model) -> bool:
+    from rtmdet_lesson.rotated.model import RTMDetR
+
+    return isinstance(model, RTMDetR)
+
+
+def _predict_rotated_one(model, image, path: Path, drawing: Path, score_thr, image_id: int, label_to_category_id):
+    """Rotated boxes on one image: draw them to ``drawing`` and return DOTA-like result dicts."""
+    from rtmdet_lesson.figures.rotated import draw_rotated
+    from rtmdet_lesson.rotated.geometry import rbox_to_corners
+
+    (found,) = model.predict(image, score_thr=score_thr)
+    fig = draw_rotated(image, found.rboxes, found.labels, found.scores, model.class_names,
+                       title=f"{path.name}: {len(found)} rotated boxes")
+    fig.savefig(drawing, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    corners = rbox_to_corners(found.rboxes.double()).reshape(-1, 8)  # (K, 8) x1 y1 ... x4 y4
+    names = model.class_names or []
+    return [{"image_id": image_id, "file_name": str(path), "category_id": label_to_category_id[int(label)],
+             "class_name": names[int(label)] if names else None, "score": round(float(score), 5),
+             "rbox": [round(float(v), 3) for v in rbox], "poly": [round(float(v), 2) for v in poly]}
+            for rbox, poly, label, score in zip(found.rboxes, corners, found.labels, found.scores, strict=True)]
 
 
 def expand_inputs(paths: list[str]) -> list[Path]:
@@ -101,6 +133,10 @@ def predict_main(args) -> int:
             print(f"error: {error}", file=sys.stderr)
             failed.append(path)
             continue
+        if _is_rotated(model):
+            results += _predict_rotated_one(model, image, path, drawing, args.score_thr, image_id,
+                                            label_to_category_id)
+            continue
         (found,) = predict(model, image, config=args.config, score_thr=args.score_thr)
         fig = draw_instances(image, found, model.class_names, title=f"{path.name}: {len(found)} instances")
         fig.savefig(drawing, dpi=100, bbox_inches="tight")
@@ -116,7 +152,13 @@ def predict_main(args) -> int:
     return 0
 
 
-def _dataset(args) -> CocoInstanceDataset:
+def _dataset(args, rotated: bool = False):
+    if rotated:
+        from rtmdet_lesson.rotated.dota import DotaDataset, dota_split
+
+        if args.data is None and args.annotations is None:
+            raise ValueError("evaluate --images needs --annotations DIR (the folder of DOTA .txt files)")
+        return dota_split(args.data, "val") if args.data is not None else DotaDataset(args.images, args.annotations)
     if args.data is None and args.annotations is None:
         raise ValueError("evaluate --images needs --annotations FILE (the COCO instances JSON)")
     if args.data is not None:
@@ -133,10 +175,18 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def format_rotated_metrics(metrics: dict[str, float], class_names: list[str]) -> str:
+    """A readable table of DOTA metrics: mAP50, AP75, AP@[.5:.95], then AP50 per class, in percent."""
+    rows = [("mAP50", metrics["rbox_mAP50"]), ("AP75", metrics["rbox_AP75"]), ("AP", metrics["rbox_AP"])]
+    rows += [(f"AP50 {name}", metrics[f"rbox_AP50_{name}"]) for name in class_names]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}} {100 * value:>6.1f}" for name, value in rows)
+
+
 def evaluate_main(args) -> int:
     """COCO bbox/segm AP of a checkpoint on a dataset; with ``--json`` the last line is one JSON object."""
     model, _ = _load(args.checkpoint, args.device, args.speed, args.backend)
-    dataset = _dataset(args)
+    dataset = _dataset(args, rotated=_is_rotated(model))
     if model.num_classes != len(dataset.class_names):
         raise ValueError(
             f"the checkpoint has {model.num_classes} classes but the dataset has "
@@ -145,10 +195,18 @@ def evaluate_main(args) -> int:
     if model.class_names and list(model.class_names) != list(dataset.class_names):
         print(f"warning: class names differ: model {model.class_names}, dataset {dataset.class_names}",
               file=sys.stderr)
-    metrics = evaluate_coco(model, dataset, config=args.config)
-    path = "onnxruntime" if args.backend == "onnxruntime" else f"{args.speed} path"
-    print(f"{args.checkpoint} on {len(dataset)} images ({args.config} settings, {path}); AP in percent:")
-    print(format_metrics(metrics))
+    if _is_rotated(model):
+        from rtmdet_lesson.rotated.metric import evaluate_rotated
+
+        metrics = evaluate_rotated(model, dataset)
+        print(f"{args.checkpoint} on {len(dataset)} images (the reference's test settings); DOTA AP in percent "
+              "(11-point VOC07, difficult objects ignored):")
+        print(format_rotated_metrics(metrics, model.class_names or dataset.class_names))
+    else:
+        metrics = evaluate_coco(model, dataset, config=args.config)
+        path = "onnxruntime" if args.backend == "onnxruntime" else f"{args.speed} path"
+        print(f"{args.checkpoint} on {len(dataset)} images ({args.config} settings, {path}); AP in percent:")
+        print(format_metrics(metrics))
     if args.json:
         print(json.dumps(metrics))
     return 0

@@ -50,6 +50,7 @@ from rtmdet_lesson.checkpoint import load_checkpoint, save_checkpoint
 from rtmdet_lesson.data.coco import CocoInstanceDataset, sprites_split
 from rtmdet_lesson.preprocess import normalize
 from rtmdet_lesson.presets import PRESETS, build_model
+from rtmdet_lesson.rotated.model import ROTATED_PRESETS
 from rtmdet_lesson.runtime import pick_device, seed_everything
 from rtmdet_lesson.speed import keep_freed_memory, low_precision_dtype, optimize_for_inference, prepare_for_training
 
@@ -61,6 +62,7 @@ AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 AUGMENTS = ("reference", "flip", "none")
 CACHE_MODES = ("off", "on", "auto")
 ZERO_POSITIVE_PATIENCE = 10  # first iterations watched for "objects but no positives"
+METRIC_NAMES = ("bbox_AP", "segm_AP", "rbox_mAP50", "rbox_AP")  # what the log lines show of an evaluation
 MAX_BAD_STEPS_IN_A_ROW = 5  # this many skipped (non-finite) steps in a row stop the run: it has diverged
 
 
@@ -117,9 +119,10 @@ class TrainConfig:
 
     def resolve(self, world_size: int = 1) -> TrainConfig:
         """A copy with every derived setting filled in and checked."""
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        image_size = self.image_size if self.image_size is not None else PRESETS[self.preset]["input_size"]
+        presets = {**PRESETS, **ROTATED_PRESETS}
+        if self.preset not in presets:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(presets)}")
+        image_size = self.image_size if self.image_size is not None else presets[self.preset]["input_size"]
         if image_size < 32 or image_size % 32:
             raise ValueError(f"image size {image_size} is not a positive multiple of 32; try 320 or 640")
         if min(self.epochs, self.batch_size, self.eval_interval, self.save_interval) < 1:
@@ -153,8 +156,15 @@ class TrainConfig:
 # data
 
 
+def is_rotated(config: TrainConfig) -> bool:
+    """Whether the config trains RTMDet-R (rotated boxes, DOTA-format data) rather than RTMDet(-Ins) on COCO."""
+    return config.preset in ROTATED_PRESETS
+
+
 def build_datasets(config: TrainConfig) -> tuple[CocoInstanceDataset, CocoInstanceDataset | None]:
     """The raw train and val datasets named by the config (val is None when none is given)."""
+    if is_rotated(config):
+        return build_rotated_datasets(config)
     if config.train_images or config.train_annotations:
         if not (config.train_images and config.train_annotations):
             raise ValueError("give both --images (the image folder) and --annotations (the COCO JSON file)")
@@ -190,6 +200,41 @@ def build_datasets(config: TrainConfig) -> tuple[CocoInstanceDataset, CocoInstan
     return train_ds, val_ds
 
 
+def build_rotated_datasets(config: TrainConfig):
+    """The DOTA-format train and val datasets of a rotated preset (chapter 10): ``--data DIR`` with
+    ``DIR/{train,val}/{images,annfiles}``, or ``--images DIR --annotations ANNFILES_DIR``."""
+    from rtmdet_lesson.rotated.dota import DotaDataset, dota_split
+
+    if config.train_images or config.train_annotations:
+        if not (config.train_images and config.train_annotations):
+            raise ValueError("give both --images (the image folder) and --annotations (the folder of DOTA .txt files)")
+        train_ds = DotaDataset(config.train_images, config.train_annotations)
+        val_ds = None
+        if config.val_images or config.val_annotations:
+            if not (config.val_images and config.val_annotations):
+                raise ValueError("give both --val-images and --val-annotations, or neither")
+            val_ds = DotaDataset(config.val_images, config.val_annotations, train_ds.class_names)
+    elif config.data:
+        root = Path(config.data)
+        if not (root / "train" / "annfiles").is_dir():
+            raise FileNotFoundError(
+                f"no DOTA-format dataset at {root} (expected {root}/train/annfiles); {config.preset} trains on rotated "
+                f"boxes: generate the rotated sprites with `python -m rtmdet_lesson data sprites --rotated --out "
+                f"{root}`, or give --images DIR --annotations ANNFILES_DIR"
+            )
+        train_ds = dota_split(root, "train")
+        val_ds = dota_split(root, "val", train_ds.class_names) if (root / "val" / "annfiles").is_dir() else None
+    else:
+        raise ValueError("no training data: give --data DIR or --images DIR --annotations ANNFILES_DIR")
+    if len(train_ds) == 0 or train_ds.num_objects == 0:
+        raise ValueError(f"the training set {train_ds.annotation_file} has no images or no objects")
+    if val_ds is not None and val_ds.num_objects == 0:
+        log.warning(f"the validation set {val_ds.annotation_file} has no objects, so its mAP is undefined: no "
+                    "evaluation, and no best.pth")
+        val_ds = None
+    return train_ds, val_ds
+
+
 def build_pipeline(config: TrainConfig):
     """The augmentation pipeline ``pipeline(image, target, rng)`` of a (resolved) config.
 
@@ -200,6 +245,11 @@ def build_pipeline(config: TrainConfig):
     from rtmdet_lesson.data import transforms
 
     size = (config.image_size, config.image_size)
+    if is_rotated(config):  # mmrotate's rotated_rtmdet recipe: letterbox and flips; quarter turns (chapter 10)
+        from rtmdet_lesson.rotated.transforms import RotatedTrainPipeline
+
+        flip, turn = {"reference": (0.75, 0.5), "flip": (0.75, 0.0), "none": (0.0, 0.0)}[config.augment]
+        return RotatedTrainPipeline(size, flip_prob=flip, turn_prob=turn)
     if config.augment == "reference":
         recipe = config.preset.rsplit("-", 1)[-1]
         recipe = recipe if recipe in transforms.REFERENCE_AUGMENT else "tiny"
@@ -407,7 +457,12 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
     label_to_category_id = dict(train_raw.label_to_category_id)  # kept in every checkpoint, used by predict
     # every rank holds its own cache, so "auto" leaves each of them its share of the memory
     refusal = config.cache_images == "auto" and too_big(train_raw, MEMORY_SHARE / info.world_size)
-    if refusal:
+    if config.cache_images != "off" and is_rotated(config):
+        if config.cache_images == "on":
+            raise ValueError("--cache-images holds COCO images and masks; it does not take DOTA-format data yet: "
+                             "train rotated presets with --cache-images off")
+        _say(info, "--cache-images auto: not caching, the cache takes COCO data only; each image is read when used")
+    elif refusal:
         _say(info, f"--cache-images auto: not caching, {refusal}; each image is decoded when it is used")
     elif config.cache_images != "off":
         train_raw = DecodedCache(train_raw)
@@ -611,7 +666,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
             took = time.perf_counter() - eval_start
             eval_seconds += took
             jlog.write(event="eval", epoch=epoch, iteration=iteration, seconds=took, **metrics)
-            score = metrics.get("segm_AP", metrics.get("bbox_AP", -1.0))
+            score = metrics.get("segm_AP", metrics.get("bbox_AP", metrics.get("rbox_mAP50", -1.0)))
             if score > best:  # only rank 0 has metrics; the others never save anyway
                 best = score
                 paths.append(out / "best.pth")
@@ -624,7 +679,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
         save_checkpoint(final, eval_model, class_names, half=config.export_half, metrics=metrics,
                         label_to_category_id=label_to_category_id)
         _say(info, f"done: {iteration} iterations in {elapsed:.0f} s; EMA weights in {final}"
-                   + "".join(f", {k} {metrics[k]:.3f}" for k in ("bbox_AP", "segm_AP") if k in metrics))
+                   + "".join(f", {k} {metrics[k]:.3f}" for k in METRIC_NAMES if k in metrics))
     return {"out": out, "iterations": iteration, "stopped": False, "signal": None, "metrics": metrics,
             "skipped_steps": skipped, "final": final, "seconds": elapsed, "eval_seconds": eval_seconds,
             "model": eval_model.eval(), "train_model": model}
@@ -637,9 +692,15 @@ def _evaluate(model: nn.Module, val_ds, info: distributed.DistInfo, config: Trai
 
     if not info.is_main:
         return {}
+    if is_rotated(config):
+        from rtmdet_lesson.rotated.metric import evaluate_rotated
+
+        metrics = evaluate_rotated(model, val_ds, device=info.device, batch_size=config.batch_size, progress=False)
+        _say(info, "eval: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in METRIC_NAMES if k in metrics))
+        return metrics
     metrics = evaluate_coco(optimize_for_inference(model, "exact", info.device), val_ds, config="eval",
                             device=info.device, batch_size=config.batch_size, progress=False)
-    _say(info, "eval: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("bbox_AP", "segm_AP") if k in metrics))
+    _say(info, "eval: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in METRIC_NAMES if k in metrics))
     return metrics
 
 
@@ -711,8 +772,9 @@ _HELP = {
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``train`` sub-command's arguments: the data, the output, and every ``TrainConfig`` setting."""
-    parser.add_argument("preset", nargs="?", default=None, choices=list(PRESETS), metavar="PRESET",
-                        help="model preset (default: course-sprites, or the resumed run's); e.g. rtmdet-ins-tiny")
+    parser.add_argument("preset", nargs="?", default=None, choices=[*PRESETS, *ROTATED_PRESETS], metavar="PRESET",
+                        help="model preset (default: course-sprites, or the resumed run's); e.g. rtmdet-ins-tiny, or "
+                             "course-sprites-rotated / rtmdet-r-tiny for rotated boxes on DOTA-format data")
     data = parser.add_argument_group("data (default: --data data/sprites)")
     data.add_argument("--data", default=None, help="a folder with train/ and val/ as `data sprites` writes it")
     data.add_argument("--images", default=None, help="image folder of any COCO-format training set")
