@@ -395,7 +395,8 @@ def train(config: TrainConfig, resume: str | Path | None = None, max_iters: int 
 
     Run it under ``torchrun --nproc_per_node=N`` for DistributedDataParallel; ``batch_size`` is per process.
     Writes to ``config.out``: ``log.jsonl``, ``last.pth`` (every epoch), ``best.pth`` (best segm AP, bbox AP
-    for detectors) and ``final.pth`` (the EMA weights only, fp16 if ``export_half``).
+    for detectors, DOTA mAP50 for RTMDet-R) and ``final.pth`` (the EMA weights only, fp16 if ``export_half``).
+    Rotated presets (chapter 10) read DOTA-format data and augment with ``rotated.transforms``; the loop is the same.
     """
     if max_iters is not None and max_iters < 1:
         raise ValueError(f"max-iters must be at least 1, got {max_iters}")
@@ -746,7 +747,8 @@ _HELP = {
     "flat_fraction": "share of the run at the flat lr before the cosine (default: 0.5)",
     "min_lr_ratio": "the cosine ends at this share of the lr (default: 0.05)",
     "stage2_epochs": "last epochs without mosaic and mixup (default: 20 of 300, scaled to --epochs)",
-    "augment": "reference (the recipe's two stages), flip (letterbox + flip) or none (letterbox only)",
+    "augment": "reference (the recipe's two stages), flip (letterbox + flip) or none (letterbox only); rotated "
+               "presets: reference = letterbox, flips and quarter turns, flip = without the turns",
     "mosaic": "cached mosaic in stage 1 (default: on)",
     "mixup": "cached mixup in stage 1 (default: on)",
     "ema": "keep an EMA of the weights and evaluate/export it (default: on)",
@@ -778,7 +780,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     data = parser.add_argument_group("data (default: --data data/sprites)")
     data.add_argument("--data", default=None, help="a folder with train/ and val/ as `data sprites` writes it")
     data.add_argument("--images", default=None, help="image folder of any COCO-format training set")
-    data.add_argument("--annotations", default=None, help="its COCO instances JSON (with --images)")
+    data.add_argument("--annotations", default=None, help="its COCO instances JSON (with --images); rotated presets: "
+                      "the folder of DOTA .txt files")
     data.add_argument("--val-images", default=None, help="validation image folder (optional, with --images)")
     data.add_argument("--val-annotations", default=None, help="validation COCO JSON (with --val-images)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/PRESET)")

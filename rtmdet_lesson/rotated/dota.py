@@ -177,8 +177,3 @@ def dota_split(root: str | os.PathLike, split: str, class_names=None) -> DotaDat
                                 f"rotated sprites with `python -m rtmdet_lesson data sprites --rotated --out {root}`")
     return DotaDataset(root / split / "images", root / split / "annfiles", class_names)
 
-
-def is_dota_folder(root: str | os.PathLike) -> bool:
-    """Whether ``root`` is a DOTA-format dataset folder (it has ``train/annfiles`` or ``val/annfiles``)."""
-    root = Path(root)
-    return any((root / split / "annfiles").is_dir() for split in ("train", "val"))
