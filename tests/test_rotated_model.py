@@ -50,13 +50,16 @@ def test_head_is_the_det_head_plus_one_angle_conv_per_level():
 
 
 def test_presets_settings():
-    assert set(ROTATED_PRESETS) == {"rtmdet-r-tiny", "rtmdet-r-s", "rtmdet-r-m", "rtmdet-r-l"}
+    assert set(ROTATED_PRESETS) == {"rtmdet-r-tiny", "rtmdet-r-s", "rtmdet-r-m", "rtmdet-r-l", "course-sprites-rotated"}
     assert [ROTATED_PRESETS[f"rtmdet-r-{s}"]["exp_on_reg"] for s in ("tiny", "s", "m", "l")] == [
         False, False, True, True]  # as mmrotate's configs: the l config sets it, m inherits, tiny and s unset it
     model = meta_model("rtmdet-r-tiny")
     assert isinstance(model, RTMDetR) and model.num_classes == 15 and model.input_size == 1024
     assert model.preset == "rtmdet-r-tiny"
     assert meta_model("rtmdet-r-s", num_classes=3).head.rtm_cls[0].out_channels == 3
+    # the course model: course-sprites' numbers with the rotated head (2,175,750 parameters)
+    course = meta_model("course-sprites-rotated")
+    assert (course.num_classes, course.input_size, count(course)) == (5, 320, 2_175_750)
 
 
 def test_forward_outputs_and_initial_angles():

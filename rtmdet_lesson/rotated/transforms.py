@@ -5,8 +5,9 @@ ratio, ``RandomFlip(prob=0.75, direction=['horizontal', 'vertical', 'diagonal'])
 ``RandomRotate(prob=0.5, angle_range=180, rect_obj_labels=[9, 11])`` (any angle, quarter turns only for
 images with storage tanks or roundabouts), and padding to 1024 with grey 114. Here the same letterbox and flips,
 and quarter turns in place of any-angle rotation: the sprites already come at every angle, and a quarter turn
-needs no resampling and loses no corner of the image. Left out: any-angle rotation, and the ``-ms`` configs'
-multi-scale training. No mosaic and no mixup, as in the reference's rotated recipe.
+needs no resampling and loses no corner of the image. Left out: any-angle rotation, and what other configs add
+(the ``_ms`` configs' multi-scale data splits, the ``-100e-aug`` configs' mosaic and mixup from
+``_base_/dota_mixup_mosaic.py``); the ``3x-dota`` recipe itself has no mosaic and no mixup.
 
 Every step maps ``(image uint8 (3, H, W), target) -> (image, target)`` with ``target["rboxes"]`` (G, 5)
 (cx, cy, w, h, angle) and ``target["labels"]`` (G,); boxes come out regularised to le90.
