@@ -456,9 +456,10 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume, max_iters, o
     train_raw, val_ds = build_datasets(config)
     class_names = list(train_raw.class_names)
     label_to_category_id = dict(train_raw.label_to_category_id)  # kept in every checkpoint, used by predict
+    rotated_cache = config.cache_images != "off" and is_rotated(config)  # the cache holds COCO images and masks
     # every rank holds its own cache, so "auto" leaves each of them its share of the memory
-    refusal = config.cache_images == "auto" and too_big(train_raw, MEMORY_SHARE / info.world_size)
-    if config.cache_images != "off" and is_rotated(config):
+    refusal = not rotated_cache and config.cache_images == "auto" and too_big(train_raw, MEMORY_SHARE / info.world_size)
+    if rotated_cache:
         if config.cache_images == "on":
             raise ValueError("--cache-images holds COCO images and masks; it does not take DOTA-format data yet: "
                              "train rotated presets with --cache-images off")

@@ -70,6 +70,13 @@ def test_one_line_errors_for_the_wrong_data(rotated_data, tmp_path, capsys):
     assert "--cache-images off" in capsys.readouterr().err
 
 
+def test_fast_settings_train_a_rotated_preset(rotated_data, tmp_path, caplog):
+    # train --fast sets channels-last, bf16 where the CPU has it and --cache-images auto, which skips DOTA data
+    summary = train(TrainConfig(**{**SMALL, "cache_images": "auto", "channels_last": True}, data=str(rotated_data),
+                                out=str(tmp_path / "fast")), max_iters=1)
+    assert summary["iterations"] == 1 and "not caching" in caplog.text
+
+
 def test_pipeline_samples_feed_the_loss(rotated_data):
     from rtmdet_lesson.data.collate import AugmentedDataset, collate
     from rtmdet_lesson.preprocess import normalize
