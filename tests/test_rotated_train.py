@@ -47,6 +47,11 @@ def test_train_evaluate_and_predict_from_the_command_line(rotated_data, tmp_path
     assert (tmp_path / "pred" / "000001.pred.png").is_file()
     assert results and len(results[0]["rbox"]) == 5 and len(results[0]["poly"]) == 8
     assert results[0]["class_name"] in SPRITE_CLASSES and results[0]["category_id"] in range(1, 6)
+    capsys.readouterr()
+
+    # the ONNX export knows only the axis-aligned heads: a rotated model is refused in one line, nothing written
+    assert cli(["export", "--checkpoint", str(out / "final.pth"), "--out", str(tmp_path / "r.onnx")]) == 2
+    assert "RTMDet-R" in capsys.readouterr().err and not (tmp_path / "r.onnx").exists()
 
 
 def test_resume_is_exact(rotated_data, tmp_path):

@@ -149,6 +149,9 @@ def export_onnx(
     import_extra("onnxscript")  # the dynamo exporter needs it; say so before it fails deep inside
     path = _output_path(path, overwrite)
     model, checkpoint_ids = _model_and_category_ids(model_or_checkpoint)
+    if hasattr(model.head, "rtm_ang"):  # RTMDet-R (chapter 10): its angle outputs would be dropped without a word
+        raise ValueError(f"{model.preset} is an RTMDet-R model; the ONNX export covers RTMDet and RTMDet-Ins only "
+                         "(their outputs and post-processing), so run rotated checkpoints with predict/evaluate")
     label_to_category_id = label_to_category_id if label_to_category_id is not None else checkpoint_ids
     height, width = _canvas(canvas, model)
     network = optimize_for_inference(model, EXPORTED_SPEED, device="cpu").network  # a folded copy, fp32, eval
