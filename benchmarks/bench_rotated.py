@@ -2,8 +2,9 @@
 
     python benchmarks/bench_rotated.py [--threads T] [--runs 5]
 
-mmcv's differentiable rotated IoU (``diff_iou_rotated_2d``, the one mmrotate's ``RotatedIoULoss`` calls) has
-kernels only for CUDA, so the reference cannot compute RTMDet-R's box loss on a CPU at all; this prints what
+mmcv's differentiable rotated IoU (``diff_iou_rotated_2d``, the one mmrotate's ``RotatedIoULoss`` calls) sorts
+its vertices in a compiled op that mmcv builds for CUDA and Cambricon MLU only, none for the CPU, so the
+reference cannot compute RTMDet-R's box loss on a CPU at all; this prints what
 ``rtmdet_lesson.rotated`` takes for it. Boxes are random, 8-120 px, at any angle, on a 1024 x 1024 canvas;
 the aligned pairs overlap (each target is its prediction moved and turned a little), as positives do.
 Median of ``--runs`` runs after one warm-up.
