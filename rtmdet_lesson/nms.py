@@ -44,6 +44,16 @@ def batched_nms(
             f"batched_nms wants boxes (K, 4), scores (K,) and labels (K,); got {tuple(boxes.shape)}, "
             f"{tuple(scores.shape)} and {tuple(labels.shape)}."
         )
+    return greedy_walk(boxes, scores, labels, lambda a, b: box_iou(a, b) > iou_threshold, max_keep)
+
+
+def greedy_walk(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, suppresses,
+                max_keep: int | None = None) -> torch.Tensor:
+    """The greedy walk behind ``batched_nms`` (and chapter 10's rotated NMS), for any box format.
+
+    ``suppresses(a, b)`` gives a bool ``(R, M)``: whether box ``a[r]``, if kept, drops box ``b[m]`` of the same
+    label. Returns kept indices ``(M,)`` into the inputs, highest score first; equal scores keep input order.
+    """
     order = torch.sort(scores, descending=True, stable=True).indices  # (K,)
     boxes, labels = boxes[order], labels[order]
     k = boxes.shape[0]
@@ -57,7 +67,7 @@ def batched_nms(
         if rows.size == 0:
             continue
         rows_t = torch.as_tensor(rows, device=boxes.device)
-        over = box_iou(boxes[rows_t], boxes[start:]) > iou_threshold  # (R, K - start)
+        over = suppresses(boxes[rows_t], boxes[start:])  # (R, K - start)
         over &= labels[rows_t, None] == labels[None, start:]  # only within a class
         over = over.cpu().numpy()
         for row, i in zip(over, rows, strict=True):

@@ -5,20 +5,18 @@ the overlap is :func:`rotated_iou`, and a box is dropped when its IoU with a bet
 or equal to** the threshold, as mmcv's ``nms_rotated`` CPU kernel decides (the axis-aligned reference uses
 strictly greater). RTMDet-R's test config uses IoU 0.1.
 
-IoU rows are computed a block of boxes at a time, only against the boxes after the block's start and only
-for boxes still alive, so K boxes never build a (K, K, 24, 2) polygon tensor at once.
+The walk is ``nms.greedy_walk``: IoU rows are computed a block of boxes at a time, only against the boxes after
+the block's start and only for boxes still alive, so K boxes never build a (K, K, 24, 2) polygon tensor at once.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from rtmdet_lesson.nms import greedy_walk
 from rtmdet_lesson.rotated.geometry import check_rboxes
 from rtmdet_lesson.rotated.iou import rotated_iou
-
-BLOCK = 128  # boxes whose IoU rows are computed together
 
 
 def batched_rotated_nms(
@@ -41,31 +39,7 @@ def batched_rotated_nms(
     if boxes.ndim != 2 or scores.shape != boxes.shape[:1] or labels.shape != scores.shape:
         raise ValueError(f"rotated NMS wants boxes (K, 5), scores (K,) and labels (K,); got {tuple(boxes.shape)}, "
                          f"{tuple(scores.shape)} and {tuple(labels.shape)}")
-    order = torch.sort(scores, descending=True, stable=True).indices  # (K,)
-    boxes, labels = boxes[order], labels[order]
-    k = boxes.shape[0]
-    limit = k if max_keep is None else max_keep
-    removed = np.zeros(k, dtype=bool)
-    keep: list[int] = []
-    for start in range(0, k, BLOCK):
-        if len(keep) >= limit:
-            break
-        rows = start + np.flatnonzero(~removed[start : start + BLOCK])  # boxes of this block still alive
-        if rows.size == 0:
-            continue
-        rows_t = torch.as_tensor(rows, device=boxes.device)
-        over = rotated_iou(boxes[rows_t], boxes[start:]) >= iou_threshold  # (R, K - start)
-        over &= labels[rows_t, None] == labels[None, start:]  # only within a class
-        over = over.cpu().numpy()
-        for row, i in zip(over, rows, strict=True):
-            if removed[i]:
-                continue
-            keep.append(int(i))
-            if len(keep) >= limit:
-                break
-            row[: i - start + 1] = False  # a box never suppresses itself or better boxes
-            removed[start:] |= row
-    return order[torch.as_tensor(keep, dtype=torch.int64, device=order.device)]
+    return greedy_walk(boxes, scores, labels, lambda a, b: rotated_iou(a, b) >= iou_threshold, max_keep)
 
 
 def rotated_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, max_keep: int | None = None) -> Tensor:
