@@ -136,6 +136,14 @@ def predict(
         A list with one ``Instances`` per input image (a list even for a single image).
     """
     cfg = resolve_config(config, score_thr)
+    return run_on_images(model, images, lambda outputs, boxes, strides: postprocess(outputs, boxes, cfg, strides),
+                         canvas_size, device, batch_size)
+
+
+def run_on_images(model, images, decode, canvas_size=None, device=None, batch_size: int = 8) -> list:
+    """What ``predict`` does around the network, for any decoder (chapter 10's rotated one too): check the
+    canvas, letterbox and normalise raw images in batches, run ``model`` under ``torch.inference_mode`` and
+    return ``decode(outputs, letterboxes, strides)``'s results, one per image, in order."""
     canvas = default_canvas_size(model) if canvas_size is None else canvas_size
     canvas = (canvas, canvas) if isinstance(canvas, int) else tuple(canvas)
     if min(canvas) < 32 or canvas[0] % 32 or canvas[1] % 32:
@@ -158,7 +166,7 @@ def predict(
                 x = normalize(torch.stack([canvas_image for canvas_image, _ in boxed]))  # (B, 3, CH, CW)
                 outputs = model(x.to(dtype))
                 strides = tuple(getattr(model, "strides", (8, 16, 32)))
-                results += postprocess(outputs, [box for _, box in boxed], cfg, strides)
+                results += decode(outputs, [box for _, box in boxed], strides)
     finally:
         if was_training:
             model.train()

@@ -1,7 +1,8 @@
 """``predict`` for RTMDet-R: raw images in, rotated boxes on the original images out (chapter 10).
 
 The same steps as the axis-aligned ``predict.predict`` (chapter 08): any image kind and size, letterboxed onto
-the model's square canvas, normalised, run under ``torch.inference_mode``; then ``rotated_postprocess``.
+the model's square canvas, normalised, run under ``torch.inference_mode`` (``predict.run_on_images``); then
+``rotated_postprocess``.
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from __future__ import annotations
 import torch
 
 from rtmdet_lesson.postprocess import InferenceConfig, resolve_config
-from rtmdet_lesson.predict import _as_list, default_canvas_size, to_rgb_tensor
-from rtmdet_lesson.preprocess import letterbox_image, normalize
+from rtmdet_lesson.predict import run_on_images
 from rtmdet_lesson.rotated.postprocess import ROTATED_EVAL, RotatedInstances, rotated_postprocess
 
 
@@ -35,26 +35,6 @@ def predict_rotated(
         batch_size: images per forward pass.
     """
     cfg = resolve_config(config, score_thr)
-    canvas = default_canvas_size(model) if canvas_size is None else canvas_size
-    canvas = (canvas, canvas) if isinstance(canvas, int) else tuple(canvas)
-    if canvas[0] % 32 or canvas[1] % 32:
-        raise ValueError(f"canvas_size must be a multiple of 32 on both sides, got {canvas}; try 640 or 1024.")
-    rgb = [to_rgb_tensor(image) for image in _as_list(images)]
-    if device is not None:
-        model.to(device)
-    param = next(model.parameters())
-    was_training = model.training
-    model.eval()
-    results = []
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(rgb), batch_size):
-                boxed = [letterbox_image(image.to(param.device), canvas) for image in rgb[start : start + batch_size]]
-                x = normalize(torch.stack([canvas_image for canvas_image, _ in boxed]))  # (B, 3, CH, CW)
-                outputs = model(x.to(param.dtype))
-                strides = tuple(getattr(model, "strides", (8, 16, 32)))
-                results += rotated_postprocess(outputs, [box for _, box in boxed], cfg, strides)
-    finally:
-        if was_training:
-            model.train()
-    return results
+    return run_on_images(model, images,
+                         lambda outputs, boxes, strides: rotated_postprocess(outputs, boxes, cfg, strides),
+                         canvas_size, device, batch_size)
