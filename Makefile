@@ -1,4 +1,4 @@
-# Two commands: `make lab` runs the course, `make test` runs every test. Both set themselves up.
+# Two commands: `make lab` runs the course (JupyterLab at the root: exercises/ and notebooks/), `make test` runs every test. Both set themselves up.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +7,7 @@ SPRITES := data/sprites/val/annotations.json
 .PHONY: lab test gpu-check setup data clean
 
 lab: setup data
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab
 
 test: setup data
 	$(BIN)/ruff check rtmdet_lesson tests benchmarks
