@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from rtmdet_lesson.data import transforms as T
 from rtmdet_lesson.data.collate import AugmentedDataset, collate, worker_init_fn
 from rtmdet_lesson.data.sprites import render_sample
+from rtmdet_lesson.data.transforms import geometry
 from rtmdet_lesson.figures.augment import before_after_figure, samples_figure
 
 PALETTE = torch.tensor([[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180]])
@@ -298,10 +299,10 @@ def test_a_resize_to_the_same_size_returns_its_input_because_the_kernels_would()
     pixels = image[None].contiguous(memory_format=torch.channels_last)
     kernel = torch.nn.functional.interpolate(pixels, size=(45, 70), mode="bilinear", align_corners=False,
                                              antialias=True)[0]
-    assert torch.equal(kernel, image) and T._resize_image(image, (45, 70)) is image
-    assert torch.equal(T._nearest_index(70, 70, "cpu"), torch.arange(70))
+    assert torch.equal(kernel, image) and geometry._resize_image(image, (45, 70)) is image
+    assert torch.equal(geometry._nearest_index(70, 70, "cpu"), torch.arange(70))
     masks = SAMPLES[2][1]["masks"]
-    assert T._resize_masks(masks, tuple(masks.shape[1:])) is masks
+    assert geometry._resize_masks(masks, tuple(masks.shape[1:])) is masks
 
 
 def test_fused_resize_crop_resizes_only_the_instances_the_window_sees():
