@@ -76,7 +76,7 @@ def build_train_pipeline(
 
     Stage 1: mosaic -> random resize -> crop -> HSV -> flip -> pad -> mixup -> filter. The mosaic canvas is twice
     the training canvas and is the random resize's scale. ``mosaic=False`` / ``mixup=False`` leave those steps
-    out (mosaic is the slow one on a CPU, mmdetection #9508); without mosaic the resize scale is the canvas itself.
+    out (mosaic is the slow step on a CPU, mmdetection #8196); without mosaic the resize scale is the canvas itself.
     Stage 2 is stage 1 without mosaic and mixup, whatever those two flags say.
     """
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
