@@ -101,6 +101,9 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="rboxes"):
         RotatedTrainPipeline((64, 64))(torch.zeros(3, 8, 8, dtype=torch.uint8), {"labels": torch.zeros(0)},
                                        np.random.default_rng(0))
+    with pytest.raises(ValueError, match="uint8 .* DotaDataset"):  # the axis-aligned pipelines' image check
+        RotatedTrainPipeline((64, 64))(torch.zeros(3, 8, 8), {"rboxes": torch.zeros(0, 5), "labels": torch.zeros(0)},
+                                       np.random.default_rng(0))
     with pytest.raises(ValueError, match="square"):
         RotatedTrainPipeline((64, 96))
     with pytest.raises(ValueError, match="direction"):

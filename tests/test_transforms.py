@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from rtmdet_lesson.data import transforms as T
 from rtmdet_lesson.data.collate import AugmentedDataset, collate, worker_init_fn
 from rtmdet_lesson.data.sprites import render_sample
+from rtmdet_lesson.data.transforms import geometry
 from rtmdet_lesson.figures.augment import before_after_figure, samples_figure
 
 PALETTE = torch.tensor([[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180]])
@@ -281,6 +282,66 @@ def test_same_seed_same_augmentations_and_other_seeds_differ():
     assert any(not torch.equal(ia, ic) for (ia, _), (ic, _) in zip(a, c, strict=True))
 
 
+def test_stage2_is_its_functions_fed_the_draws_in_order():
+    """Stage 2 against the deterministic functions fed, from a twin generator, the draws in the order the pipeline
+    makes them: resize ratio; crop top, left; HSV gains (3 uniform, 3 integer); flip. An exact resume replays the
+    pipeline, so this order (and nothing else drawing) is what it relies on."""
+    rng, twin = np.random.default_rng(11), np.random.default_rng(11)
+    pipeline = T.build_train_pipeline(64, stage=2, recipe="m")  # ratio range (0.1, 2.0)
+    for image, target in SAMPLES * 2:
+        got_image, got = pipeline(image, target, rng)
+        h, w = image.shape[1:]
+        fit = int(64 * twin.uniform(0.1, 2.0))
+        factor = min(fit / h, fit / w)
+        rh, rw = max(1, round(h * factor)), max(1, round(w * factor))
+        ch, cw = min(64, rh), min(64, rw)
+        top, left = int(twin.integers(0, rh - ch + 1)), int(twin.integers(0, rw - cw + 1))
+        out = T.crop_sample(*T.resize_sample(image, target, (rh, rw)), top, left, ch, cw)
+        hue, sat, val = np.trunc(twin.uniform(-1, 1, 3) * np.array([5, 30, 30]) * twin.integers(0, 2, 3))
+        out = T.hsv_shift(out[0], float(hue), float(sat), float(val)), out[1]
+        if twin.uniform() < 0.5:
+            out = T.hflip_sample(*out)
+        want_image, want = T.filter_annotations(*T.pad_sample(*out, (64, 64)))
+        assert torch.equal(got_image, want_image)
+        assert all(torch.equal(got[key], want[key]) for key in ("boxes", "labels", "masks"))
+    assert rng.bit_generator.state == twin.bit_generator.state  # no draw more, none less
+
+
+def test_mosaic_draws_in_order_and_puts_the_input_top_left():
+    """CachedMosaic against a twin generator and a hand-kept cache: on overflow one integer draw picks the sample
+    to drop (random pop); then the probability draw, three integer draws for the partners, the centre x, y.
+    Solid images, one whole-image mask each, with label = colour index: the pixels around the centre and the
+    labels of the output name the four pieces."""
+    colours = torch.tensor([[200, 0, 0], [0, 200, 0], [0, 0, 200], [200, 200, 0], [0, 200, 200], [200, 0, 200],
+                            [90, 90, 90], [255, 255, 255]], dtype=torch.uint8)
+
+    def solid(k):
+        h, w = 20 + 3 * k, 34 - 2 * k
+        masks = torch.ones((1, h, w), dtype=torch.bool)
+        image = colours[k][:, None, None].expand(3, h, w).contiguous()
+        return image, T.with_masks(dict(labels=torch.tensor([k]), image_id=k), masks)
+
+    mosaic = T.CachedMosaic((32, 32), max_cached=5, random_pop=True)
+    rng, twin = np.random.default_rng(2), np.random.default_rng(2)
+    cache = []
+    for step in range(16):
+        k = step % len(colours)
+        image, target = mosaic(*solid(k), rng)
+        cache.append(k)
+        if len(cache) > 5:
+            cache.pop(int(twin.integers(len(cache))))
+        if len(cache) <= 4:
+            assert target["labels"].tolist() == [k]
+            continue
+        twin.uniform()  # the probability draw (prob 1.0)
+        others = [cache[int(twin.integers(len(cache)))] for _ in range(3)]
+        cx, cy = int(twin.uniform(0.5, 1.5) * 32), int(twin.uniform(0.5, 1.5) * 32)
+        assert target["labels"].tolist() == [k, *others]  # every piece shows: the centre is inside [16, 48]
+        around = [image[:, cy - 1, cx - 1], image[:, cy - 1, cx], image[:, cy, cx - 1], image[:, cy, cx]]
+        assert [int((colours.int() - p.int()).abs().sum(1).argmin()) for p in around] == [k, *others]
+    assert rng.bit_generator.state == twin.bit_generator.state
+
+
 def test_fused_resize_crop_equals_resize_then_crop():
     for k, sample in enumerate(SAMPLES):
         fused = T.RandomResizeCrop((128, 128), (0.5, 2.0), (64, 64))(*sample, np.random.default_rng(k))
@@ -298,10 +359,10 @@ def test_a_resize_to_the_same_size_returns_its_input_because_the_kernels_would()
     pixels = image[None].contiguous(memory_format=torch.channels_last)
     kernel = torch.nn.functional.interpolate(pixels, size=(45, 70), mode="bilinear", align_corners=False,
                                              antialias=True)[0]
-    assert torch.equal(kernel, image) and T._resize_image(image, (45, 70)) is image
-    assert torch.equal(T._nearest_index(70, 70, "cpu"), torch.arange(70))
+    assert torch.equal(kernel, image) and geometry._resize_image(image, (45, 70)) is image
+    assert torch.equal(geometry._nearest_index(70, 70, "cpu"), torch.arange(70))
     masks = SAMPLES[2][1]["masks"]
-    assert T._resize_masks(masks, tuple(masks.shape[1:])) is masks
+    assert geometry._resize_masks(masks, tuple(masks.shape[1:])) is masks
 
 
 def test_fused_resize_crop_resizes_only_the_instances_the_window_sees():

@@ -20,10 +20,11 @@ from torch.utils.data import get_worker_info
 
 
 class AugmentedDataset(torch.utils.data.Dataset):
-    """A dataset seen through an augmentation pipeline, with its own random generator. Chapter 07 builds this.
+    """A dataset seen through an augmentation pipeline, with its own random generator.
 
-    ``pipeline(image, target, rng)`` is a ``transforms.Compose`` or ``TwoStagePipeline``; ``set_epoch`` also
-    moves a two-stage pipeline to the epoch's stage.
+    ``dataset[i]`` gives a sample ``(image, target)``; ``pipeline(image, target, rng)`` is a
+    ``transforms.Compose`` or ``transforms.TwoStagePipeline``. ``set_epoch`` also moves a two-stage pipeline to
+    the epoch's stage.
     """
 
     def __init__(self, dataset, pipeline, seed: int = 0):
@@ -52,7 +53,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """DataLoader hook: seed this worker from the base seed and its id. Chapter 07 builds this.
+    """DataLoader hook: seed this worker from the base seed and its id.
 
     An ``AugmentedDataset`` (the worker's own copy) restarts its generator at (seed, epoch, worker_id), so
     each worker's mosaic cache is its own and reproducible. Python's and NumPy's global generators are seeded
@@ -74,7 +75,7 @@ def collate(samples: list) -> tuple[torch.Tensor, list[dict]]:
     """[(image (3, H, W) uint8, target dict), ...] -> (images (B, 3, H, W) uint8, [target, ...]).
 
     Targets stay a list because every image has its own number of instances G. All images must have the same
-    size. Chapter 07 builds this.
+    size.
     """
     if not samples:
         raise ValueError("collate got an empty batch; check the sampler and the dataset length.")
@@ -83,6 +84,6 @@ def collate(samples: list) -> tuple[torch.Tensor, list[dict]]:
     if len(sizes) > 1:
         raise ValueError(
             f"The images of a batch differ in size {sizes}; use a pipeline that pads to a fixed size "
-            "(transforms.stage1_pipeline / stage2_pipeline / eval_pipeline all do)."
+            "(transforms.build_train_pipeline / train_pipeline / eval_pipeline all do)."
         )
     return torch.stack(images), list(targets)  # (B, 3, H, W)

@@ -20,6 +20,7 @@ import math
 import numpy as np
 import torch
 
+from rtmdet_lesson.data.transforms.samples import check_image
 from rtmdet_lesson.preprocess import letterbox_image
 from rtmdet_lesson.rotated.geometry import regularize_le90
 
@@ -28,10 +29,11 @@ KEEP = ("rboxes", "labels", "difficult", "image_id")  # what training needs from
 
 
 def check_rotated_sample(image: torch.Tensor, target: dict) -> None:
-    """Raise a ValueError unless ``(image, target)`` is a rotated sample: uint8 (3, H, W) and rboxes (G, 5)."""
-    if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
-        got = f"{image.dtype} {tuple(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"expected an image of uint8 (3, H, W) RGB, got {got}; read it as DotaDataset does")
+    """Raise a ValueError unless ``(image, target)`` is a rotated sample: uint8 (3, H, W) and rboxes (G, 5).
+
+    The image is checked as the axis-aligned pipelines check it (``data.transforms.check_image``).
+    """
+    check_image(image, fix="read it as DotaDataset does")
     rboxes, labels = target.get("rboxes"), target.get("labels")
     if not isinstance(rboxes, torch.Tensor) or rboxes.ndim != 2 or rboxes.shape[1] != 5:
         raise ValueError("the target needs 'rboxes' (G, 5) as cx, cy, w, h, angle; see rotated/dota.py")
@@ -88,7 +90,8 @@ def quarter_turn(image: torch.Tensor, target: dict, turns: int):
 
 
 def drop_tiny(target: dict, min_side: float = 1.0) -> dict:
-    """Remove boxes with a side under ``min_side`` px (after shrinking), as mmdet's FilterAnnotations does."""
+    """Remove boxes (G, 5) with a side under ``min_side`` px (a sliver the letterbox shrank), with every other
+    per-box tensor of the target (labels, difficult); the role of mmdetection's ``FilterAnnotations``."""
     keep = (target["rboxes"][:, 2] >= min_side) & (target["rboxes"][:, 3] >= min_side)
     return {k: v[keep] if torch.is_tensor(v) and v.ndim and len(v) == len(keep) else v for k, v in target.items()}
 
