@@ -5,7 +5,8 @@ import torch
 
 from rtmdet_lesson import build_model
 from rtmdet_lesson.rotated.head import RotatedHeadOutput
-from rtmdet_lesson.rotated.model import ROTATED_PRESETS, RTMDetR
+from rtmdet_lesson.presets import ROTATED_PRESETS
+from rtmdet_lesson.rotated.model import RTMDetR
 
 # Built from mmrotate's own configs (configs/rotated_rtmdet/rotated_rtmdet_{tiny,s}-3x-dota.py):
 # (backbone, neck, head, total)
