@@ -140,8 +140,8 @@ def data_main(args) -> int:
     generator = rotated_sprites if args.rotated else sprites
     out = Path(args.out or ("data/sprites-rotated" if args.rotated else "data/sprites"))
     stats = generator.write_splits(out, args.seed, {"train": args.train, "val": args.val})
-    what = "objects" if args.rotated else "instances"
-    parts = [f"{s}: {n} images, {k} {what}" + (f" ({r} stale files removed)" if r else "")
+    what, stale = ("objects", "files") if args.rotated else ("instances", "images")
+    parts = [f"{s}: {n} images, {k} {what}" + (f" ({r} stale {stale} removed)" if r else "")
              for s, (n, k, r) in stats.items()]
     print(f"{'rotated ' if args.rotated else ''}sprites seed {args.seed} -> {out}: " + "; ".join(parts)
           + f" [{time.perf_counter() - start:.1f} s]")

@@ -302,7 +302,7 @@ def test_fast_sets_its_settings_under_the_ones_given():
     assert (mine.amp, mine.channels_last) == ("off", False)  # what was given wins
 
 
-def test_cli_trains_then_resumes_with_the_saved_settings(sprites, tmp_path):
+def test_cli_trains_then_resumes_with_the_saved_settings(sprites, tmp_path, caplog):
     out = tmp_path / "run"
     first = ["train", "--data", str(sprites), "--out", str(out), "--set", "image_size=64", "--epochs", "2",
              "--batch-size", "4", "--workers", "0", "--augment", "none", "--set", "stage2_epochs=0", "--max-iters", "1",
@@ -314,7 +314,9 @@ def test_cli_trains_then_resumes_with_the_saved_settings(sprites, tmp_path):
     last["train_state"]["config"]["cache_images"] = "on"
     torch.save(last, out / "last.pth")
     # only --resume: the data, canvas, epochs... come from the checkpoint
-    assert cli(["train", "--resume", str(out / "last.pth"), "--set", "progress=false"]) == 0
+    with caplog.at_level(logging.INFO, logger="rtmdet_lesson.train"):
+        assert cli(["train", "--resume", str(out / "last.pth"), "--set", "progress=false"]) == 0
+    assert "resumed from" in caplog.text and "cache" not in caplog.text and "differ" not in caplog.text
     assert [r["iteration"] for r in steps(out)] == [1, 2, 3, 4]
     assert load_checkpoint_model(out / "final.pth").preset == "course-sprites"
     assert load_checkpoint(out / "last.pth")["train_state"]["config"]["image_size"] == 64
