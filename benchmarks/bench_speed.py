@@ -21,8 +21,7 @@ the reference's training computation, fp32; ``fast``: ``optimize_for_inference(m
   take turns iteration by iteration (``lockstep_rates``), so that a slow spell of a shared machine falls on
   both; train MiB: peak memory of 3 iterations (model, optimizer and EMA included; workers=0). ``plain`` trains
   as the reference computes (fp32, NCHW, the Ins head's cls tower run twice, every image decoded when it is
-  used); ``fast`` is ``train --fast`` (bf16, channels-last, the cls tower once, the decoded training set in
-  memory).
+  used); ``fast`` is ``train --fast`` (bf16, channels-last, the cls tower once).
 
 The models are randomly initialised but made busy as trained ones: BN statistics calibrated on the input,
 classifier bias 0 (every prior scores about 0.5, so NMS keeps ``max_per_img`` = 100), and a mask kernel giving
@@ -32,10 +31,10 @@ masks (a random kernel would switch masks on over the whole image; ``--pieces`` 
 ``--pieces`` adds tables of the parts: each inference speed-up on its own for RTMDet-Ins-tiny at 640, its
 decoding stage by stage (with chapter 08's full-canvas mask resizing for comparison, and with masks that
 cover the whole image), each training speed-up for the course preset, its convs alone in bf16 and fp32,
-channels-last and NCHW, the augmentation pipeline's cost per image and a sample's reading cost with and without
-``--cache-images``, and a table of bare training steps from the shipped course model's weights (the state a run
-spends most of its time in), with and without the Dice loss's logit floor. ``--compile`` adds a ``torch.compile``
-row (minutes of compiling on a CPU).
+channels-last and NCHW, the augmentation pipeline's cost per image and a sample's reading cost, and a table
+of bare training steps from the shipped course model's weights (the state a run spends most of its time in),
+with and without the Dice loss's logit floor. ``--compile`` adds a ``torch.compile`` row (minutes of compiling
+on a CPU).
 
 ``--whole-run`` prints only one table: the shipped recipe (``WHOLE_RUN_RECIPE``) trained start to finish in the
 plain loop and with ``--fast``, the two taking turns iteration by iteration; the seconds of each (and those of its
@@ -70,7 +69,6 @@ import rtmdet_lesson.losses as losses_module
 import rtmdet_lesson.speed as speed_module
 from rtmdet_lesson.boxes import distance_to_box
 from rtmdet_lesson.checkpoint import load_checkpoint_model
-from rtmdet_lesson.data.cache import DecodedCache
 from rtmdet_lesson.data.coco import sprites_split
 from rtmdet_lesson.data.collate import AugmentedDataset, collate
 from rtmdet_lesson.data.transforms import build_train_pipeline
@@ -486,8 +484,7 @@ def pieces_table(args, data: Path, tmp: Path) -> None:
             ("channels-last", {**plain, "channels_last": True}, True),
             ("bf16 autocast (depthwise in fp32)", {**plain, "amp": "bf16"}, True),
             ("bf16 autocast, depthwise in bf16 too", {**plain, "amp": "bf16"}, False),
-            ("fast, images decoded each time (cache off)", {**fast, "cache_images": "off"}, True),
-            ("fast = once + bf16 + channels-last + cache", fast, True)]
+            ("fast = once + bf16 + channels-last", fast, True)]
     rates = lockstep_rates(preset, size, batch, [settings for _, settings, _ in rows], args.train_iters,
                            args.workers, data, tmp, [fp32 for _, _, fp32 in rows])
     # a DataLoader worker would prepare batches during the other rows' turns: this row runs on its own
@@ -505,14 +502,9 @@ def pieces_table(args, data: Path, tmp: Path) -> None:
                          ("stage 2: resize, crop, HSV, flip", 2)]:
         seconds = pipeline_seconds(dataset, size, stage, samples=max(16, 4 * args.train_iters))
         print(f"{label:<44}{1000 * seconds:>8.1f}{1 / seconds:>9.1f}", flush=True)
-    cached = DecodedCache(dataset)
-    # the same samples in turn from both: each reader walks the dataset from index 0
-    readers = [lambda source=source, order=order: source[next(order) % len(source)]
-               for source, order in ((dataset, itertools.count()), (cached, itertools.count()))]
-    for label, ms in zip(["reading a sample: image and masks decoded", "reading a sample: --cache-images"],
-                         interleaved_median_ms(readers, runs=max(64, 8 * args.train_iters)), strict=True):
-        print(f"{label:<44}{ms:>8.2f}{1000 / ms:>9.1f}", flush=True)
-    print(f"(the cache: {cached.nbytes / 2**20:.0f} MiB for {len(cached)} images, filled in {cached.seconds:.1f} s)")
+    order = itertools.count()
+    (ms,) = interleaved_median_ms([lambda: dataset[next(order) % len(dataset)]], runs=max(64, 8 * args.train_iters))
+    print(f"{'reading a sample: image and masks decoded':<44}{ms:>8.2f}{1000 / ms:>9.1f}", flush=True)
     if SHIPPED.is_file():
         trained_steps_table(args, data)
 

@@ -120,3 +120,25 @@ def evaluate_coco(
     iou_types = ("bbox", "segm") if getattr(model, "with_mask", True) else ("bbox",)
     image_ids = None if indices is None else [dataset.ids[i] for i in indices]
     return evaluate_results(dataset.coco, results, iou_types, image_ids)
+
+
+def evaluate_model(model, dataset, device=None, batch_size: int = 8, config: str | InferenceConfig = "eval",
+                   progress: bool = False) -> dict[str, float]:
+    """The metrics of ``model`` on ``dataset``: COCO AP (``evaluate_coco``) for RTMDet and RTMDet-Ins, DOTA mAP
+    (``rotated.metric.evaluate_rotated``, chapter 10) for RTMDet-R. What training and ``evaluate`` report."""
+    from rtmdet_lesson.rotated.model import RTMDetR
+
+    if isinstance(model, RTMDetR):
+        from rtmdet_lesson.rotated.metric import evaluate_rotated
+
+        return evaluate_rotated(model, dataset, device=device, batch_size=batch_size, progress=progress)
+    return evaluate_coco(model, dataset, config=config, device=device, batch_size=batch_size, progress=progress)
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """A readable table: one row per COCO stat, one column per type (bbox, segm), in percent."""
+    types = [t for t in ("bbox", "segm") if f"{t}_AP" in metrics]
+    lines = [f"{'metric':<8}" + "".join(f"{t:>8}" for t in types)]
+    for name in STAT_NAMES:
+        lines.append(f"{name:<8}" + "".join(f"{100 * metrics[f'{t}_{name}']:>8.1f}" for t in types))
+    return "\n".join(lines)

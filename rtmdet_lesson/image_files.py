@@ -70,3 +70,36 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
 def images_in_folder(folder: str | os.PathLike) -> list[Path]:
     """The image files directly inside ``folder`` (by suffix, see ``IMAGE_SUFFIXES``), sorted by name."""
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def expand_inputs(paths: list[str]) -> list[Path]:
+    """The image files named on a command line, each folder replaced by the images inside it (sorted)."""
+    files = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"image file {str(path)!r} does not exist; check the path")
+        if path.is_dir():
+            found = images_in_folder(path)
+            if not found:
+                raise FileNotFoundError(f"the folder {str(path)!r} holds no image files")
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
+def output_names(inputs: list[Path], out: Path) -> list[Path]:
+    """One drawing per input, ``OUT/<stem>.pred.png``, never an input's path and never another output's.
+
+    Two inputs with the same stem (``a/x.png``, ``b/x.jpg``) get ``x.pred.png`` and ``x-2.pred.png``.
+    """
+    taken = {path.resolve() for path in inputs} | {(out / "results.json").resolve()}
+    names = []
+    for path in inputs:
+        candidate, n = out / f"{path.stem}.pred.png", 1
+        while candidate.resolve() in taken:
+            n += 1
+            candidate = out / f"{path.stem}-{n}.pred.png"
+        taken.add(candidate.resolve())
+        names.append(candidate)
+    return names

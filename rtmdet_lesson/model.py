@@ -15,7 +15,7 @@ from rtmdet_lesson.backbone import CSPNeXt, scaled_channels, scaled_depth
 from rtmdet_lesson.head import HeadOutput, RTMDetInsSepBNHead, RTMDetSepBNHead
 from rtmdet_lesson.neck import CSPNeXtPAFPN
 
-__all__ = ["RTMDet", "HeadOutput", "build_model"]
+__all__ = ["RTMDet", "HeadOutput"]
 
 SIZE_DIVISOR = 32  # the largest stride: the neck's x2 upsampling only lines up on multiples of it
 
@@ -111,9 +111,3 @@ def check_input(x: torch.Tensor) -> None:
             f"rtmdet_lesson.preprocess.letterbox_image (e.g. to 640x640) or pad it to {fit_h}x{fit_w}"
         )
 
-
-def build_model(name: str, num_classes: int | None = None, **overrides) -> RTMDet:
-    """Build a preset by name; see ``presets.build_model``. Chapter 03."""
-    from rtmdet_lesson.presets import build_model as _build
-
-    return _build(name, num_classes, **overrides)

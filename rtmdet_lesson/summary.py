@@ -10,12 +10,8 @@ default Ins head pays for its second pass of the cls tower, as the published num
 
 from __future__ import annotations
 
-import sys
-
 import torch
 from torch import nn
-
-from rtmdet_lesson.presets import build_model
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -75,17 +71,3 @@ def format_table(rows: list[tuple[str, int, int]], image_size: tuple[int, int] =
     lines += [f"{name:<22}{params:>14,}{flops / 1e9:>16.2f}" for name, params, flops in rows]
     return "\n".join(lines)
 
-
-def main(args) -> int:
-    """``python -m rtmdet_lesson summary PRESET [--num-classes C]``."""
-    try:
-        with torch.device("meta"):  # counting needs shapes only, so even x builds instantly
-            model = build_model(args.preset, getattr(args, "num_classes", None))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    kind = "RTMDet-Ins" if model.with_mask else "RTMDet-R" if hasattr(model.head, "rtm_ang") else "RTMDet"
-    print(f"{args.preset}: {model.num_classes} classes, {kind}")
-    print(format_table(summarize(model)))
-    print("FLOPs = conv multiply-accumulates for one image (BN, activations, post-processing not counted)")
-    return 0

@@ -5,14 +5,18 @@ even on a GPU machine: ``RTMDET_LESSON_DEVICE=cpu`` is the default device of eve
 subprocesses included. ``tests/test_gpu.py`` names CUDA explicitly and skips without it.
 """
 
+import json
 import os
+import shlex
+from dataclasses import fields
 from pathlib import Path
 
 import matplotlib
 import pytest
 
 from rtmdet_lesson import train as train_module
-from rtmdet_lesson.data.sprites import generate_sprites
+from rtmdet_lesson.checkpoint import load_checkpoint_model
+from rtmdet_lesson.data.sprites import SPRITE_CLASSES, generate_sprites
 from rtmdet_lesson.train import TrainConfig
 
 matplotlib.use("Agg")
@@ -59,3 +63,37 @@ def built_models(monkeypatch) -> list:
 
     monkeypatch.setattr(train_module, "build_model", build_and_keep)
     return models
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the shipped checkpoints (data/PRESET.pth) and their records (data/PRESET.json): tests/test_shipped_*.py
+
+MACHINE_SETTINGS = ("data", "out", "workers", "amp", "progress", "device")  # where and how fast, not what is learnt
+
+
+def shipped(preset: str) -> tuple[Path, dict]:
+    """The shipped checkpoint of a course preset and the record of how it was trained and what it scored."""
+    return REPO_ROOT / "data" / f"{preset}.pth", json.loads((REPO_ROOT / "data" / f"{preset}.json").read_text())
+
+
+def check_shipped_checkpoint(preset: str):
+    """The checkpoint rebuilds the preset it records, with the sprites' classes and canvas; returns the model."""
+    checkpoint, record = shipped(preset)
+    model = load_checkpoint_model(checkpoint, device="cpu")
+    assert model.preset == record["preset"] == preset
+    assert model.class_names == list(SPRITE_CLASSES) and model.input_size == record["image_size"]
+    return model
+
+
+def check_recorded_recipe_is_the_presets(preset: str) -> None:
+    """``train PRESET`` with no flags trains with the recipe of the recorded command that made the checkpoint
+    (all but where and how fast: data, out, workers, amp, progress and device)."""
+    from rtmdet_lesson.cli import build_parser, config_from_args
+
+    _, record = shipped(preset)
+    words = shlex.split(record["command"])
+    recorded = config_from_args(build_parser().parse_args(words[words.index("rtmdet_lesson") + 1:])).resolve()
+    default = config_from_args(build_parser().parse_args(["train", preset])).resolve()
+    differ = {f.name: (getattr(recorded, f.name), getattr(default, f.name)) for f in fields(TrainConfig)
+              if f.name not in MACHINE_SETTINGS and getattr(recorded, f.name) != getattr(default, f.name)}
+    assert not differ, f"train {preset} differs from the recorded recipe (recorded, default): {differ}"

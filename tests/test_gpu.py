@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from rtmdet_lesson import train as train_module
+from rtmdet_lesson import train_state
 from rtmdet_lesson.checkpoint import load_checkpoint
 from rtmdet_lesson.presets import build_model
 from rtmdet_lesson.speed import fold_batchnorm, low_precision_dtype, optimize_for_inference
@@ -39,7 +39,7 @@ def test_resume_reads_the_checkpoint_on_the_cpu(sprites, tmp_path, monkeypatch, 
     that loaded them to the GPU failed. The model, EMA and optimizer states are copied to the device on loading."""
     config = quick_config(sprites, tmp_path / "run")
     train(config, max_iters=1)
-    real, places = train_module.load_checkpoint, []
+    real, places = train_state.load_checkpoint, []
 
     def spy(path, map_location="cpu"):
         places.append(map_location)
@@ -47,7 +47,7 @@ def test_resume_reads_the_checkpoint_on_the_cpu(sprites, tmp_path, monkeypatch, 
             return torch.load(path, map_location="meta", weights_only=True)
         return real(path)
 
-    monkeypatch.setattr(train_module, "load_checkpoint", spy)
+    monkeypatch.setattr(train_state, "load_checkpoint", spy)
     train(config, resume=tmp_path / "run" / "last.pth")
     assert places == ["cpu"]
 

@@ -4,8 +4,9 @@ and the summary table."""
 import pytest
 import torch
 
+from rtmdet_lesson.cli import main as cli
 from rtmdet_lesson.presets import PRESETS, build_model
-from rtmdet_lesson.summary import count_parameters, main, summarize
+from rtmdet_lesson.summary import count_parameters, summarize
 
 # name: (backbone, neck, head, total parameters; conv GMACs at 640) counted by building mmdetection's configs/rtmdet
 OFFICIAL = {
@@ -79,17 +80,11 @@ def test_unknown_preset_lists_valid_names():
 
 
 def test_summary_main_prints_a_table(capsys):
-    class Args:
-        preset, num_classes = "course-sprites", 7
-
-    assert main(Args()) == 0
+    assert cli(["summary", "course-sprites", "--num-classes", "7"]) == 0
     out = capsys.readouterr().out
     assert "7 classes" in out and "head: mask features" in out and "total" in out
 
 
 def test_summary_main_rejects_unknown_preset(capsys):
-    class Args:
-        preset, num_classes = "rtmdet-huge", None
-
-    assert main(Args()) == 2
+    assert cli(["summary", "rtmdet-huge"]) == 2
     assert "valid names" in capsys.readouterr().err

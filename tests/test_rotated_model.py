@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from rtmdet_lesson import build_model
+from rtmdet_lesson.presets import ROTATED_PRESETS
 from rtmdet_lesson.rotated.head import RotatedHeadOutput
-from rtmdet_lesson.rotated.model import ROTATED_PRESETS, RTMDetR
+from rtmdet_lesson.rotated.model import RTMDetR
 
 # Built from mmrotate's own configs (configs/rotated_rtmdet/rotated_rtmdet_{tiny,s}-3x-dota.py):
 # (backbone, neck, head, total)
@@ -147,11 +148,8 @@ def test_package_checkpoint_round_trip(tmp_path):
 
 
 def test_summary_names_the_rotated_model(capsys):
-    from rtmdet_lesson.summary import main
+    from rtmdet_lesson.cli import main as cli
 
-    class Args:
-        preset, num_classes = "rtmdet-r-tiny", None
-
-    assert main(Args()) == 0
+    assert cli(["summary", "rtmdet-r-tiny"]) == 0
     out = capsys.readouterr().out
     assert "15 classes, RTMDet-R" in out and "4,877,544" in out

@@ -5,11 +5,9 @@ predict -> decode -> COCO path means a regression in decoding or evaluation cann
 split is regenerated from its seed, so the test needs no data/ folder.
 """
 
-import json
-
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import check_recorded_recipe_is_the_presets, check_shipped_checkpoint, shipped
 
 from rtmdet_lesson.checkpoint import load_checkpoint_model
 from rtmdet_lesson.data.coco import sprites_split
@@ -17,21 +15,21 @@ from rtmdet_lesson.data.sprites import generate_sprites
 from rtmdet_lesson.evaluate import evaluate_coco
 from rtmdet_lesson.speed import low_precision_dtype, optimize_for_inference
 
-CHECKPOINT = REPO_ROOT / "data" / "course-sprites.pth"
-RECORD = REPO_ROOT / "data" / "course-sprites.json"
+CHECKPOINT, RECORD = shipped("course-sprites")
 TOLERANCE = 0.01  # AP moves in the third decimal with thread count and CPU; a real regression moves more
 
 
 @pytest.fixture(scope="module")
 def record():
-    return json.loads(RECORD.read_text())
+    return RECORD
 
 
-def test_the_checkpoint_records_what_it_needs(record):
-    model = load_checkpoint_model(CHECKPOINT, device="cpu")
-    assert model.preset == record["preset"] == "course-sprites"
-    assert model.class_names == ["portrait", "character", "slime", "chest", "coin"]
-    assert model.input_size == record["image_size"]
+def test_the_checkpoint_records_what_it_needs():
+    check_shipped_checkpoint("course-sprites")
+
+
+def test_train_course_sprites_trains_with_the_shipped_recipe():
+    check_recorded_recipe_is_the_presets("course-sprites")
 
 
 @pytest.fixture(scope="module")

@@ -5,35 +5,33 @@ regression in any of them cannot go unnoticed. The val images are regenerated fr
 ``test_images`` of the val split, to keep the test short; the record also holds the whole split's numbers).
 """
 
-import json
-
 import pytest
-from conftest import REPO_ROOT
+from conftest import check_recorded_recipe_is_the_presets, check_shipped_checkpoint, shipped
 
 from rtmdet_lesson.checkpoint import load_checkpoint, load_checkpoint_model
 from rtmdet_lesson.data.rotated_sprites import generate_rotated_sprites
-from rtmdet_lesson.data.sprites import SPRITE_CLASSES
 from rtmdet_lesson.rotated.dota import dota_split
 from rtmdet_lesson.rotated.metric import evaluate_rotated
 from rtmdet_lesson.rotated.model import RTMDetR
 
-CHECKPOINT = REPO_ROOT / "data" / "course-sprites-rotated.pth"
-RECORD = REPO_ROOT / "data" / "course-sprites-rotated.json"
+CHECKPOINT, RECORD = shipped("course-sprites-rotated")
 TOLERANCE = 0.01  # mAP moves in the third decimal with thread count and CPU; a real regression moves more
 
 
 @pytest.fixture(scope="module")
 def record():
-    return json.loads(RECORD.read_text())
+    return RECORD
 
 
-def test_the_checkpoint_records_what_it_needs(record):
+def test_the_checkpoint_records_what_it_needs():
     checkpoint = load_checkpoint(CHECKPOINT)
     assert all(v.dtype.itemsize == 2 for v in checkpoint["model"].values() if v.is_floating_point())  # fp16
-    model = load_checkpoint_model(CHECKPOINT, device="cpu")
-    assert isinstance(model, RTMDetR) and model.preset == record["preset"] == "course-sprites-rotated"
-    assert model.class_names == list(SPRITE_CLASSES) and model.input_size == record["image_size"]
-    assert model.label_to_category_id == {i: i + 1 for i in range(5)}
+    model = check_shipped_checkpoint("course-sprites-rotated")
+    assert isinstance(model, RTMDetR) and model.label_to_category_id == {i: i + 1 for i in range(5)}
+
+
+def test_train_course_sprites_rotated_trains_with_the_shipped_recipe():
+    check_recorded_recipe_is_the_presets("course-sprites-rotated")
 
 
 def test_val_map_matches_the_record(record, tmp_path):

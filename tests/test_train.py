@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtmdet_lesson import criterion
-from rtmdet_lesson import train as train_module
+from rtmdet_lesson import criterion, train_log
 from rtmdet_lesson.checkpoint import load_checkpoint, load_checkpoint_model
+from rtmdet_lesson.cli import build_parser, config_from_args, setting_docs
+from rtmdet_lesson.cli import main as cli
 from rtmdet_lesson.speed import low_precision_dtype
-from rtmdet_lesson.train import TrainConfig, add_train_arguments, config_from_args, scaled_lr, train
+from rtmdet_lesson.train import TrainConfig, scaled_lr, train
 
 
 def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
@@ -220,7 +221,7 @@ def test_zero_positives_with_objects_stops_with_the_fix(sprites, tmp_path, monke
         return {**real(*args, **kwargs), "num_pos": 0}
 
     monkeypatch.setattr(criterion, "compute_losses", no_positives)
-    monkeypatch.setattr(train_module, "ZERO_POSITIVE_PATIENCE", 2)
+    monkeypatch.setattr(train_log, "ZERO_POSITIVE_PATIENCE", 2)
     with pytest.raises(RuntimeError, match="no positive priors.*category-id"):
         train(tiny_config(sprites, tmp_path / "run", augment="none"))
 
@@ -240,64 +241,86 @@ def test_bad_settings_are_rejected():
 
 
 def test_resolved_defaults_follow_the_recipe():
-    course = TrainConfig().resolve()
-    assert (course.image_size, course.stage2_epochs, course.weight_decay) == (320, 20, 0.05)
-    assert course.lr == pytest.approx(0.001)  # batch 16: 0.004 * sqrt(16 / 256)
-    tiny = TrainConfig(preset="rtmdet-ins-tiny", batch_size=32).resolve(world_size=8)
-    assert (tiny.image_size, tiny.lr) == (640, pytest.approx(0.004))  # the reference's 8 x 32
+    reference = TrainConfig(preset="rtmdet-ins-tiny").resolve(world_size=8)
+    assert (reference.image_size, reference.epochs, reference.batch_size) == (640, 300, 32)  # 8 x 32, 300 epochs
+    assert (reference.lr, reference.weight_decay, reference.stage2_epochs) == (pytest.approx(0.004), 0.05, 20)
+    assert TrainConfig.for_preset("rtmdet-ins-tiny") == TrainConfig(preset="rtmdet-ins-tiny")
+    course = TrainConfig.for_preset("course-sprites").resolve()
+    assert (course.image_size, course.epochs, course.batch_size, course.lr) == (320, 20, 8, 0.002)
+    assert TrainConfig(batch_size=16).resolve().lr == pytest.approx(0.001)  # 0.004 * sqrt(16 / 256)
     assert TrainConfig(epochs=30).resolve().stage2_epochs == 2
     assert scaled_lr(64) == pytest.approx(0.002)
 
 
-def test_command_line_overrides_every_setting():
-    parser = add_train_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(["rtmdet-ins-tiny", "--images", "imgs", "--annotations", "a.json", "--epochs", "3",
-                              "--batch-size", "2", "--lr", "0.01", "--image-size", "256", "--no-mosaic", "--bf16",
-                              "--workers", "0", "--seed", "7", "--augment", "flip", "--no-export-half",
-                              "--no-single-cls-pass"])
+def train_args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["train", *argv])
+
+
+def test_command_line_flags_and_set_reach_every_setting():
+    args = train_args("rtmdet-ins-tiny", "--images", "imgs", "--annotations", "a.json", "--epochs", "3",
+                      "--batch-size", "2", "--lr", "0.01", "--set", "image_size=256", "--set", "mosaic=false",
+                      "--amp", "bf16", "--workers", "0", "--seed", "7", "--augment", "flip", "--set", "export-half=no",
+                      "--set", "single_cls_pass=0", "--set", "val_images=v", "--set", "val_annotations=none")
     config = config_from_args(args)
     assert (config.preset, config.data, config.train_images, config.train_annotations) == (
         "rtmdet-ins-tiny", None, "imgs", "a.json")
+    assert (config.val_images, config.val_annotations) == ("v", None)
     assert (config.epochs, config.batch_size, config.lr, config.image_size) == (3, 2, 0.01, 256)
     assert (config.mosaic, config.mixup, config.amp, config.workers, config.seed) == (False, True, "bf16", 0, 7)
     assert (config.augment, config.export_half, config.out) == ("flip", False, "runs/rtmdet-ins-tiny")
     assert not config.single_cls_pass
-    default = config_from_args(parser.parse_args([]))
-    assert default == TrainConfig(out="runs/course-sprites")
-    settable = {action.dest for action in parser._actions}
-    assert {f for f in TrainConfig.__dataclass_fields__ if f not in ("train_images", "train_annotations")} <= (
-        settable | {"out", "preset"})
+    assert config_from_args(train_args()) == TrainConfig.for_preset("course-sprites", out="runs/course-sprites")
+    assert config_from_args(train_args("--set", "stage2_epochs=none", "--set", "lr=1e-3")).stage2_epochs is None
+    assert set(setting_docs()) == set(TrainConfig.__dataclass_fields__)  # every setting is documented, once
     with pytest.raises(ValueError, match="either --data"):
-        config_from_args(parser.parse_args(["--data", "d", "--images", "i", "--annotations", "a"]))
+        config_from_args(train_args("--data", "d", "--images", "i", "--annotations", "a"))
+    with pytest.raises(ValueError, match="unknown setting 'cache_images'"):
+        config_from_args(train_args("--set", "cache_images=on"))
+
+
+def test_train_help_fits_on_a_screen(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    assert len(capsys.readouterr().out.splitlines()) <= 60
+
+
+def test_presets_train_with_their_recipe_and_flags_win():
+    """Flags given on the command line override the preset's recipe; the 640 presets keep the reference's."""
+    course = config_from_args(train_args("course-sprites", "--epochs", "3", "--set", "mosaic=true"))
+    assert (course.epochs, course.batch_size, course.mosaic, course.mixup) == (3, 8, True, False)
+    official = config_from_args(train_args("rtmdet-ins-s"))
+    assert official == TrainConfig(preset="rtmdet-ins-s", out="runs/rtmdet-ins-s")
+    rotated = config_from_args(train_args("rtmdet-r-tiny")).resolve()  # mmrotate: 36 epochs of 8 at 0.004 / 16
+    assert (rotated.epochs, rotated.batch_size, rotated.lr, rotated.image_size) == (36, 8, 0.00025, 1024)
 
 
 def test_fast_sets_its_settings_under_the_ones_given():
-    parser = add_train_arguments(argparse.ArgumentParser())
-    fast = config_from_args(parser.parse_args(["--fast"]))
-    assert fast.channels_last and fast.cache_images == "auto"
+    fast = config_from_args(train_args("--fast"))
+    assert fast.channels_last
     assert fast.amp == ("bf16" if low_precision_dtype(torch.device("cpu")) else "off")
-    mine = config_from_args(parser.parse_args(["--fast", "--cache-images", "off", "--no-channels-last"]))
-    assert (mine.cache_images, mine.channels_last) == ("off", False)  # what was given wins
-    assert config_from_args(parser.parse_args(["--cache-images"])).cache_images == "on"  # the bare flag
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--cache-images", "yes"])
-    assert TrainConfig(cache_images=True).resolve().cache_images == "on"  # a checkpoint's older bool setting
-    with pytest.raises(ValueError, match="cache_images must be one of"):
-        TrainConfig(cache_images="maybe").resolve()
+    mine = config_from_args(train_args("--fast", "--amp", "off", "--set", "channels_last=false"))
+    assert (mine.amp, mine.channels_last) == ("off", False)  # what was given wins
 
 
-def test_cli_trains_then_resumes_with_the_saved_settings(sprites, tmp_path):
-    parser = add_train_arguments(argparse.ArgumentParser())
+def test_cli_trains_then_resumes_with_the_saved_settings(sprites, tmp_path, caplog):
     out = tmp_path / "run"
-    first = ["--data", str(sprites), "--out", str(out), "--image-size", "64", "--epochs", "2", "--batch-size", "4",
-             "--workers", "0", "--augment", "none", "--stage2-epochs", "0", "--max-iters", "1", "--no-progress"]
-    assert train_module.main(parser.parse_args(first)) == 0
+    first = ["train", "--data", str(sprites), "--out", str(out), "--set", "image_size=64", "--epochs", "2",
+             "--batch-size", "4", "--workers", "0", "--augment", "none", "--set", "stage2_epochs=0", "--max-iters", "1",
+             "--set", "progress=false"]
+    assert cli(first) == 0
     assert len(steps(out)) == 1
+    # a checkpoint written before the decoded-image cache was removed has cache_images in its config: ignored
+    last = load_checkpoint(out / "last.pth")
+    last["train_state"]["config"]["cache_images"] = "on"
+    torch.save(last, out / "last.pth")
     # only --resume: the data, canvas, epochs... come from the checkpoint
-    assert train_module.main(parser.parse_args(["--resume", str(out / "last.pth"), "--no-progress"])) == 0
+    with caplog.at_level(logging.INFO, logger="rtmdet_lesson.train"):
+        assert cli(["train", "--resume", str(out / "last.pth"), "--set", "progress=false"]) == 0
+    assert "resumed from" in caplog.text and "cache" not in caplog.text and "differ" not in caplog.text
     assert [r["iteration"] for r in steps(out)] == [1, 2, 3, 4]
     assert load_checkpoint_model(out / "final.pth").preset == "course-sprites"
     assert load_checkpoint(out / "last.pth")["train_state"]["config"]["image_size"] == 64
+    assert "cache_images" not in load_checkpoint(out / "last.pth")["train_state"]["config"]
 
 
 def test_ctrl_c_finishes_the_step_and_writes_last(sprites, tmp_path):

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from rtmdet_lesson import train as train_module
-from rtmdet_lesson.__main__ import main as cli
 from rtmdet_lesson.checkpoint import category_ids, load_checkpoint, load_checkpoint_model, save_checkpoint
+from rtmdet_lesson.cli import main as cli
 from rtmdet_lesson.data.coco import CocoInstanceDataset
 from rtmdet_lesson.evaluate import evaluate_results, predict_dataset
 from rtmdet_lesson.image_files import pil_to_rgb_array, read_rgb
@@ -95,8 +95,9 @@ def test_predict_takes_a_folder_and_reports_a_bad_file_after_writing_the_rest(sp
 
 def test_a_second_train_into_the_same_folder_is_refused(sprites, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--data", str(sprites), "--out", str(out), "--image-size", "64", "--epochs", "1",
-            "--batch-size", "4", "--workers", "0", "--augment", "none", "--stage2-epochs", "0", "--no-progress"]
+    argv = ["train", "--data", str(sprites), "--out", str(out), "--set", "image_size=64", "--epochs", "1",
+            "--batch-size", "4", "--workers", "0", "--augment", "none", "--set", "stage2_epochs=0",
+            "--set", "progress=false"]
     assert cli(argv) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     status, err = run_cli(argv, capsys)
@@ -197,9 +198,10 @@ def test_a_nan_batch_leaves_bn_statistics_and_ema_untouched(sprites, tmp_path, m
 
 def test_a_diverging_run_stops_with_a_clear_error(sprites, tmp_path, capsys, quick_config):
     out = tmp_path / "run"
-    status, err = run_cli(["train", "--data", str(sprites), "--out", str(out), "--image-size", "64", "--epochs", "5",
-                           "--batch-size", "2", "--workers", "0", "--augment", "none", "--stage2-epochs", "0",
-                           "--lr", "1e6", "--warmup-iters", "0", "--no-progress"], capsys)
+    status, err = run_cli(["train", "--data", str(sprites), "--out", str(out), "--set", "image_size=64",
+                           "--epochs", "5", "--batch-size", "2", "--workers", "0", "--augment", "none",
+                           "--set", "stage2_epochs=0", "--lr", "1e6", "--set", "warmup_iters=0",
+                           "--set", "progress=false"], capsys)
     assert status == 1 and "diverged" in one_line_error(err) and "--lr" in one_line_error(err)
     state = load_checkpoint(out / "last.pth")  # the state before the bad steps, finite (load_checkpoint checks)
     assert state["train_state"]["skipped_steps"] >= train_module.MAX_BAD_STEPS_IN_A_ROW
@@ -355,18 +357,22 @@ def test_evaluation_without_annotations_is_refused(sprites, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--image-size", "0"], "image size 0"),
-    (["--image-size", "100"], "multiple of 32"),
+    (["--set", "image_size=0"], "image size 0"),
+    (["--set", "image_size=100"], "multiple of 32"),
     (["--max-iters", "0"], "max-iters must be at least 1"),
-    (["--min-lr-ratio", "-1"], "min-lr-ratio must be between 0.0 and 1.0"),
-    (["--weight-decay", "-1"], "weight-decay must be at least 0.0"),
+    (["--set", "min_lr_ratio=-1"], "min_lr_ratio must be between 0.0 and 1.0"),
+    (["--set", "weight_decay=-1"], "weight_decay must be at least 0.0"),
     (["--device", "cuda:7"], "cuda"),
     (["--data", "/nonexistent"], "no dataset at /nonexistent"),
+    (["--set", "mosiac=false"], "unknown setting 'mosiac'; did you mean mosaic"),
+    (["--set", "epochs=many"], "--set epochs=many: expected int"),
+    (["--set", "mosaic"], "is not KEY=VALUE"),
 ])
 def test_train_mistakes_are_one_line(sprites, tmp_path, capsys, flags, message):
     if flags[:2] == ["--device", "cuda:7"] and torch.cuda.device_count() > 7:
         pytest.skip("this machine has eight GPUs")
-    argv = ["train", "--data", str(sprites), "--out", str(tmp_path / "run"), "--epochs", "1", "--no-progress", *flags]
+    argv = ["train", "--data", str(sprites), "--out", str(tmp_path / "run"), "--epochs", "1", "--set", "progress=false",
+            *flags]
     status, err = run_cli(argv, capsys)
     assert status == 2 and message in one_line_error(err) and "rtmdet-lesson train: error:" in err
     assert not (tmp_path / "run").exists()
@@ -444,7 +450,9 @@ def test_a_signal_stop_exits_non_zero(sprites, tmp_path, monkeypatch):
 
     real_train = train_module.train
     monkeypatch.setattr(train_module, "train", lambda *a, **k: real_train(*a, **k, on_step=stop_by_sigterm))
-    argv = ["train", "--data", str(sprites), "--out", str(tmp_path / "run"), "--image-size", "64", "--epochs", "2",
-            "--batch-size", "4", "--workers", "0", "--augment", "none", "--stage2-epochs", "0", "--no-progress"]
+    argv = ["train", "--data", str(sprites), "--out", str(tmp_path / "run"), "--set", "image_size=64", "--epochs", "2",
+            "--batch-size", "4", "--workers", "0", "--augment", "none", "--set", "stage2_epochs=0",
+            "--set", "progress=false"]
     assert cli(argv) == 128 + signal.SIGTERM
-    assert cli([*argv[:1], "--resume", str(tmp_path / "run" / "last.pth"), "--no-progress", "--max-iters", "2"]) == 0
+    assert cli([*argv[:1], "--resume", str(tmp_path / "run" / "last.pth"), "--set", "progress=false",
+                "--max-iters", "2"]) == 0

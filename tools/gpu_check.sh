@@ -55,8 +55,8 @@ check notebooks-on-cuda env RTMDET_LESSON_FAST=1 $NBVAL notebooks
 train_and_resume() {  # train_and_resume AMP: 40 iterations, stop, resume to 60; finite losses, few skipped steps
   local out=$tmp/train-$1
   $B/python -m rtmdet_lesson train course-sprites --data data/sprites --out "$out" --epochs 2 --batch-size 16 \
-    --amp "$1" --channels-last --workers 2 --max-iters 40 --device cuda --no-progress || return 1
-  $B/python -m rtmdet_lesson train --resume "$out/last.pth" --max-iters 60 --no-progress || return 1
+    --amp "$1" --set channels_last=true --workers 2 --max-iters 40 --device cuda --set progress=false || return 1
+  $B/python -m rtmdet_lesson train --resume "$out/last.pth" --max-iters 60 --set progress=false || return 1
   $B/python - "$out/log.jsonl" <<'PY'
 import json, math, sys
 rows = [r for r in map(json.loads, open(sys.argv[1])) if "event" not in r]
@@ -92,11 +92,11 @@ check evaluate-plain-exact-fast evaluate_paths
 if [ "$($B/python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
   ddp() {  # a two-GPU run, its resume, and --save-interval 2 with an evaluation every epoch
     local run="$B/torchrun --standalone --nproc_per_node=2 -m rtmdet_lesson train course-sprites --data data/sprites
-      --batch-size 16 --fast --workers 2 --eval-interval 1 --no-progress"
+      --batch-size 16 --fast --workers 2 --set eval_interval=1 --set progress=false"
     timeout 300 $run --out "$tmp/ddp" --epochs 2 --max-iters 40 || return 1
     timeout 300 $B/torchrun --standalone --nproc_per_node=2 -m rtmdet_lesson train --resume "$tmp/ddp/last.pth" \
-      --max-iters 60 --no-progress || return 1
-    timeout 300 $run --out "$tmp/ddp-save" --epochs 2 --save-interval 2 || { echo "save-interval 2: exit $?"; return 1; }
+      --max-iters 60 --set progress=false || return 1
+    timeout 300 $run --out "$tmp/ddp-save" --epochs 2 --set save_interval=2 || { echo "save-interval 2: exit $?"; return 1; }
   }
   check ddp-two-gpus ddp
 else

@@ -194,6 +194,11 @@ class CocoInstanceDataset:
                     "remove that annotation"
                 )
 
+    @property
+    def num_objects(self) -> int:
+        """The number of annotations in the file."""
+        return len(self.coco.anns)
+
     def __len__(self) -> int:
         return len(self.ids)
 

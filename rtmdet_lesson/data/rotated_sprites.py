@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +53,8 @@ from rtmdet_lesson.data.sprites import (
     _rng,
     _upscale_factor,
     draw_sprite,
+    foreign_content,
+    written_by,
 )
 
 DESCRIPTION = "rtmdet-lesson rotated pixel sprites"  # in DIR/dataset.json: marks a folder this generator wrote
@@ -177,41 +178,6 @@ def dota_lines(sample: RotatedSpriteSample) -> str:
 # ---------------------------------------------------------------- a dataset on disk
 
 
-def foreign_content(out: Path) -> str | None:
-    """What in ``out`` was not written by this generator (a path), or None if regenerating there is safe.
-
-    Safe: a missing or empty folder, or one holding only ``dataset.json`` marked as the rotated sprites and
-    ``train/`` and ``val/`` splits of ``images/NNNNNN.png`` and ``annfiles/NNNNNN.txt`` files.
-    Regenerating rewrites and deletes files inside such a folder, so any other folder is refused.
-    """
-    if not out.exists():
-        return None
-    if not out.is_dir():
-        return str(out)
-    entries = list(out.iterdir())
-    if entries and not (out / MARKER).is_file():
-        return str(entries[0])
-    for entry in entries:
-        if entry.name == MARKER:
-            try:
-                description = json.loads(entry.read_text(encoding="utf-8"))["description"]
-            except (ValueError, KeyError, TypeError):
-                description = None
-            if description != DESCRIPTION:
-                return str(entry)
-        elif entry.name in SPLITS and entry.is_dir():
-            for item in entry.iterdir():
-                pattern = {"images": _IMAGE_NAME, "annfiles": _ANN_NAME}.get(item.name)
-                if pattern is None or not item.is_dir():
-                    return str(item)
-                strange = next((p for p in item.iterdir() if not pattern.fullmatch(p.name)), None)
-                if strange is not None:
-                    return str(strange)
-        else:
-            return str(entry)
-    return None
-
-
 def _write_split(out: Path, seed: int, split: str, count: int) -> tuple[int, int]:
     """Write one split; return (number of objects, number of stale files removed)."""
     images_dir, ann_dir = out / split / "images", out / split / "annfiles"
@@ -237,15 +203,23 @@ def generate_rotated_sprites(out: str | os.PathLike, seed: int = 0, n_train: int
     See the module docstring for the layout. Refuses a folder holding files it did not write. Chapter 10.
     """
     out = Path(out)
-    _generate(out, seed, {"train": n_train, "val": n_val})
+    write_splits(out, seed, {"train": n_train, "val": n_val})
     return out
 
 
-def _generate(out: Path, seed: int, counts: dict[str, int]) -> dict:
+# what write_splits writes: dataset.json (first: it marks the folder), images/NNNNNN.png, annfiles/NNNNNN.txt
+LAYOUT = {"": re.escape(MARKER), **{name: pattern for split in SPLITS for name, pattern in (
+    (split, "(?!)"), (f"{split}/images", _IMAGE_NAME.pattern), (f"{split}/annfiles", _ANN_NAME.pattern))}}
+
+
+def write_splits(out: Path, seed: int, counts: dict[str, int]) -> dict[str, tuple[int, int, int]]:
+    """Write the splits ``counts`` names (split -> number of images); return per split (images, objects, stale
+    files removed). Refuses a folder holding files this generator did not write."""
     for split, n in counts.items():
         if n < 0:
             raise ValueError(f"--{split} must be 0 or more images, got {n}")
-    foreign = foreign_content(out)
+    foreign = foreign_content(out, LAYOUT, MARKER, lambda path: written_by(path, DESCRIPTION, "description"),
+                              marker_required=True)
     if foreign is not None:
         raise FileExistsError(f"{out} holds files the rotated sprites generator did not write ({foreign}); it "
                               "would overwrite or delete files there, so choose a new or empty folder")
@@ -254,15 +228,3 @@ def _generate(out: Path, seed: int, counts: dict[str, int]) -> dict:
               "classes": list(SPRITE_CLASSES), "seed": seed, "images": counts, "version": 1}
     (out / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")  # first: marks the folder
     return {split: (n, *_write_split(out, seed, split, n)) for split, n in counts.items()}
-
-
-def main(args) -> int:
-    """CLI entry: ``python -m rtmdet_lesson data sprites --rotated --out DIR [--seed S] [--train N] [--val N]``."""
-    start = time.perf_counter()
-    out = Path(args.out)
-    stats = _generate(out, args.seed, {"train": args.train, "val": args.val})
-    parts = [f"{s}: {n} images, {k} objects" + (f" ({r} stale files removed)" if r else "")
-             for s, (n, k, r) in stats.items()]
-    print(f"rotated sprites seed {args.seed} -> {out}: " + "; ".join(parts)
-          + f" [{time.perf_counter() - start:.1f} s]")
-    return 0

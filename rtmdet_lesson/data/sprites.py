@@ -44,7 +44,6 @@ import colorsys
 import json
 import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -426,64 +425,68 @@ def generate_sprites(out: str | os.PathLike, seed: int = 0, n_train: int = 1000,
 
     See the module docstring for the layout and conventions. Chapter 00 uses the result.
     """
-    paths, _ = _generate(Path(out), seed, {"train": n_train, "val": n_val})
-    return paths
+    write_splits(Path(out), seed, {"train": n_train, "val": n_val})
+    return {split: Path(out) / split / "annotations.json" for split in SPLITS}
 
 
-def foreign_content(out: Path) -> str | None:
-    """What in ``out`` was not written by this generator (a path), or None if regenerating there is safe.
+def written_by(path: Path, description: str, *keys: str) -> bool:
+    """Whether the JSON file ``path`` holds ``description`` under ``keys``: the mark a generator leaves."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+        for key in keys:
+            value = value[key]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return value == description
 
-    Safe: a missing or empty folder, or one holding only ``train/`` and ``val/`` splits as ``_write_split``
-    writes them (``images/NNNNNN.png`` files and an ``annotations.json`` marked as the sprites). Regenerating
-    rewrites and deletes files inside such splits, so any other folder is refused.
+
+def foreign_content(out: Path, layout: dict[str, str], marker: str, is_ours, marker_required: bool = False
+                    ) -> str | None:
+    """What in ``out`` a generator did not write (a path), or None if regenerating there is safe.
+
+    Regenerating rewrites and deletes files, so only a missing or empty folder, or one holding exactly what a
+    generator writes, is safe. ``layout`` maps every folder it writes (relative to ``out``, ``""`` for ``out``
+    itself) to a regular expression of the file names it writes there; files named ``marker`` must pass
+    ``is_ours(path)`` (their content marks the folder), and with ``marker_required`` a folder that is not empty
+    must hold ``out / marker``.
     """
     if not out.exists():
         return None
     if not out.is_dir():
         return str(out)
-    for entry in out.iterdir():
-        if entry.name not in ("train", "val") or not entry.is_dir():
-            return str(entry)
-        for item in entry.iterdir():
-            if item.name == "annotations.json":
-                try:
-                    description = json.loads(item.read_text(encoding="utf-8"))["info"]["description"]
-                except (ValueError, KeyError, TypeError):
-                    description = None
-                if description != DESCRIPTION:
-                    return str(item)
-            elif item.name == "images" and item.is_dir():
-                strange = next((p for p in item.iterdir() if not re.fullmatch(r"\d{6}\.png", p.name)), None)
-                if strange is not None:
-                    return str(strange)
-            elif not item.name.endswith(".json.tmp"):  # an interrupted write of annotations.json
-                return str(item)
+    entries = sorted(out.iterdir())
+    if marker_required and entries and not (out / marker).is_file():
+        return str(entries[0])
+    for path in sorted(out.rglob("*")):
+        folder = "" if path.parent == out else path.parent.relative_to(out).as_posix()
+        if path.is_dir():
+            if path.relative_to(out).as_posix() not in layout:
+                return str(path)
+        elif folder not in layout or not re.fullmatch(layout[folder], path.name):
+            return str(path)
+        elif path.name == marker and not is_ours(path):
+            return str(path)
     return None
 
 
-def _generate(out: Path, seed: int, counts: dict[str, int]) -> tuple[dict, dict]:
+# what write_splits writes: annotations.json (and its temporary file while it is written), images/NNNNNN.png
+LAYOUT = {name: pattern for split in SPLITS
+          for name, pattern in ((split, r"annotations\.json(\.tmp)?"), (f"{split}/images", r"\d{6}\.png"))}
+
+
+def write_splits(out: Path, seed: int, counts: dict[str, int]) -> dict[str, tuple[int, int, int]]:
+    """Write the splits ``counts`` names (split -> number of images); return per split (images, instances,
+    stale images removed). Refuses a folder holding files this generator did not write."""
     for split, n in counts.items():
         if n < 0:
             raise ValueError(f"--{split} must be 0 or more images, got {n}")
-    foreign = foreign_content(out)
+    foreign = foreign_content(out, LAYOUT, "annotations.json",
+                              lambda path: written_by(path, DESCRIPTION, "info", "description"))
     if foreign is not None:
         raise FileExistsError(f"{out} holds files the sprites generator did not write ({foreign}); it would "
                               "overwrite or delete files there, so choose a new or empty folder")
-    paths, stats = {}, {}
+    stats = {}
     for split, n in counts.items():
-        ann_file, n_inst, n_stale = _write_split(out, seed, split, n)
-        paths[split], stats[split] = ann_file, (n, n_inst, n_stale)
-    return paths, stats
-
-
-def main(args) -> int:
-    """CLI entry: ``python -m rtmdet_lesson data sprites --out DIR [--seed S] [--train N] [--val N]``."""
-    start = time.perf_counter()
-    out = Path(args.out)
-    _, stats = _generate(out, args.seed, {"train": args.train, "val": args.val})
-    parts = [
-        f"{s}: {n} images, {k} instances" + (f" ({r} stale images removed)" if r else "")
-        for s, (n, k, r) in stats.items()
-    ]
-    print(f"sprites seed {args.seed} -> {out}: " + "; ".join(parts) + f" [{time.perf_counter() - start:.1f} s]")
-    return 0
+        _, n_inst, n_stale = _write_split(out, seed, split, n)
+        stats[split] = (n, n_inst, n_stale)
+    return stats

@@ -170,3 +170,11 @@ def evaluate_rotated(model, dataset, device=None, batch_size: int = 8, config=No
         detections += [{"rboxes": p.rboxes.cpu(), "scores": p.scores.cpu(), "labels": p.labels.cpu()} for p in preds]
         truths += [dataset.target(i) for i in indices]
     return dota_metrics(detections, truths, list(dataset.class_names), mode)
+
+
+def format_rotated_metrics(metrics: dict[str, float], class_names: list[str]) -> str:
+    """A readable table of DOTA metrics: mAP50, AP75, AP@[.5:.95], then AP50 per class, in percent."""
+    rows = [("mAP50", metrics["rbox_mAP50"]), ("AP75", metrics["rbox_AP75"]), ("AP", metrics["rbox_AP"])]
+    rows += [(f"AP50 {name}", metrics[f"rbox_AP50_{name}"]) for name in class_names]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}} {100 * value:>6.1f}" for name, value in rows)

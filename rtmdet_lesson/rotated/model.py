@@ -3,7 +3,7 @@
 The official sizes are mmrotate's ``configs/rotated_rtmdet/rotated_rtmdet_{tiny,s,m,l}-3x-dota.py``: the
 CSPNeXt backbone and PAFPN neck of RTMDet at the same depth and width factors, ``RotatedRTMDetSepBNHead``
 with 15 classes (DOTA v1.0), ``exp_on_reg`` False for tiny and s and True for m and l (the l config sets it
-and m inherits it), trained and tested on 1024 x 1024 images.
+and m inherits it), trained and tested on 1024 x 1024 images. The presets are ``presets.ROTATED_PRESETS``.
 """
 
 from __future__ import annotations
@@ -12,27 +12,10 @@ import torch
 
 from rtmdet_lesson.backbone import scaled_channels
 from rtmdet_lesson.model import RTMDet, check_input
-from rtmdet_lesson.presets import OFFICIAL_FACTORS
 from rtmdet_lesson.rotated.head import RotatedHeadOutput, RotatedRTMDetSepBNHead
 
 DOTA_CLASSES = 15
 DOTA_INPUT_SIZE = 1024
-
-ROTATED_PRESETS: dict[str, dict] = {
-    f"rtmdet-r-{size}": dict(
-        deepen_factor=OFFICIAL_FACTORS[size][0],
-        widen_factor=OFFICIAL_FACTORS[size][1],
-        exp_on_reg=size in ("m", "l"),
-        num_classes=DOTA_CLASSES,
-        input_size=DOTA_INPUT_SIZE,
-    )
-    for size in ("tiny", "s", "m", "l")
-}
-# The course's CPU model for the rotated sprites: course-sprites' numbers (deepen 0.167, widen 0.25, 320 x 320,
-# 5 classes) with the rotated head, so it is RTMDet-R, only narrower (presets.py explains the choice).
-ROTATED_PRESETS["course-sprites-rotated"] = dict(deepen_factor=0.167, widen_factor=0.25, exp_on_reg=False,
-                                                 num_classes=5, input_size=320)
-"""name -> the ``RTMDetR`` arguments it stands for (mmrotate publishes tiny, s, m and l for DOTA)."""
 
 
 class RTMDetR(RTMDet):

@@ -38,3 +38,16 @@ def predict_rotated(
     return run_on_images(model, images,
                          lambda outputs, boxes, strides: rotated_postprocess(outputs, boxes, cfg, strides),
                          canvas_size, device, batch_size)
+
+
+def rotated_results(found, image_id: int, label_to_category_id: dict[int, int], class_names=None) -> list[dict]:
+    """One image's ``RotatedInstances`` as result dicts: ``image_id``, ``category_id``, ``class_name``, ``score``,
+    ``rbox`` (cx, cy, w, h, angle) and ``poly`` (the four corners, x1 y1 ... x4 y4), as ``predict`` writes them."""
+    from rtmdet_lesson.rotated.geometry import rbox_to_corners
+
+    corners = rbox_to_corners(found.rboxes.double()).reshape(-1, 8)  # (K, 8) x1 y1 ... x4 y4
+    names = class_names or []
+    return [{"image_id": image_id, "category_id": label_to_category_id[int(label)],
+             "class_name": names[int(label)] if names else None, "score": round(float(score), 5),
+             "rbox": [round(float(v), 3) for v in rbox], "poly": [round(float(v), 2) for v in poly]}
+            for rbox, poly, label, score in zip(found.rboxes, corners, found.labels, found.scores, strict=True)]
