@@ -15,14 +15,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from rtmdet_lesson.assigner import DynamicSoftLabelAssigner, assignment_costs
+from rtmdet_lesson.figures.common import image_hwc as _image_hwc
 
 LEVEL_MARKERS = {8: "o", 16: "s", 32: "D"}
-
-
-def _image_hwc(image) -> np.ndarray:
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().permute(1, 2, 0).numpy()  # (H, W, 3)
-    return np.asarray(image)
 
 
 def level_maps(values: torch.Tensor, feature_sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
