@@ -17,15 +17,10 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter
 
 from rtmdet_lesson.assigner import DynamicSoftLabelAssigner, assignment_costs
+from rtmdet_lesson.figures.common import image_hwc as _image_hwc
 
 LEVEL_MARKERS = {8: "o", 16: "s", 32: "D"}  # the marker of each level's positives
 COST_FLOOR = 1e-6  # costs below this count as this on the log colour scale
-
-
-def _image_hwc(image) -> np.ndarray:
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().permute(1, 2, 0).numpy()  # (H, W, 3)
-    return np.asarray(image)
 
 
 def level_maps(values: torch.Tensor, feature_sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:

@@ -10,36 +10,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from rtmdet_lesson.dynamic_mask import split_dynamic_params
+from rtmdet_lesson.figures.common import draw_box_labels, image_hwc, instance_colors, mask_outline, overlay_instances
+from rtmdet_lesson.nms import batched_nms
 from rtmdet_lesson.postprocess import Instances, mask_logits_to_original
-from rtmdet_lesson.predict import to_rgb_tensor
 from rtmdet_lesson.priors import grid_priors, relative_coordinates
-
-
-def instance_colors(n: int) -> np.ndarray:
-    """``n`` distinct RGB colours in [0, 1], ``(n, 3)``, cycling through matplotlib's tab10."""
-    return np.array([plt.get_cmap("tab10")(i % 10)[:3] for i in range(n)]).reshape(n, 3)
-
-
-def _outline(mask: np.ndarray) -> np.ndarray:
-    """Pixels of a bool mask ``(H, W)`` that touch a pixel outside it (4-neighbourhood)."""
-    padded = np.pad(mask, 1)
-    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return mask & ~inner
-
-
-def overlay_instances(image, instances: Instances, score_thr: float = 0.0, alpha: float = 0.45) -> np.ndarray:
-    """The image ``(H, W, 3)`` uint8 with each instance's mask filled translucently and outlined in its colour."""
-    out = to_rgb_tensor(image).permute(1, 2, 0).cpu().numpy().astype(np.float32) / 255  # (H, W, 3)
-    if instances.masks is None:
-        return (out * 255).round().astype(np.uint8)
-    masks = instances.masks.cpu().numpy()
-    keep = instances.scores.cpu().numpy() > score_thr
-    for mask, color, show in zip(masks, instance_colors(len(masks)), keep, strict=True):
-        if not show:
-            continue
-        out[mask] = (1 - alpha) * out[mask] + alpha * color
-        out[_outline(mask)] = color
-    return (out * 255).round().astype(np.uint8)
 
 
 def draw_instances(
@@ -50,27 +24,33 @@ def draw_instances(
     alpha: float = 0.45,
     ax=None,
     title: str | None = None,
+    fontsize: float = 7,
 ) -> Figure:
     """One image with its instances: translucent masks with outlines, boxes and "name score" labels.
 
     Pixels are shown with nearest-neighbour interpolation so pixel art stays crisp. Instances with
-    score <= ``score_thr`` are left out. Returns the figure (a new one unless ``ax`` is given).
+    score <= ``score_thr`` are left out. Labels are placed by ``common.place_labels``: on a crowded image a
+    label that would cover a better instance's label moves (inside its box, below it, or further down).
+    Returns the figure (a new one unless ``ax`` is given).
     """
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 6))
     else:
         fig = ax.figure
-    ax.imshow(overlay_instances(image, instances, score_thr, alpha), interpolation="nearest")
-    colors = instance_colors(len(instances))
-    for box, score, label, color in zip(instances.boxes.tolist(), instances.scores.tolist(),
-                                        instances.labels.tolist(), colors, strict=True):
-        if score <= score_thr:
-            continue
-        x1, y1, x2, y2 = box
+    shown = (instances.scores > score_thr).cpu().numpy()  # (K,)
+    colors = instance_colors(len(instances))[shown]
+    masks = instances.masks.cpu()[torch.from_numpy(shown)] if instances.masks is not None else None
+    rgb = image_hwc(image)  # (H, W, 3)
+    ax.imshow(rgb if masks is None else overlay_instances(rgb, masks, alpha, colors), interpolation="nearest")
+    boxes = instances.boxes.cpu()[torch.from_numpy(shown)]  # (K', 4)
+    texts = []
+    for (x1, y1, x2, y2), score, label, color in zip(boxes.tolist(), instances.scores.cpu()[shown].tolist(),
+                                                      instances.labels.cpu()[shown].tolist(), colors, strict=True):
         ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.5))
         name = class_names[label] if class_names is not None and label < len(class_names) else str(label)
-        ax.text(x1 - 0.5, y1 - 1.5, f"{name} {score:.2f}", color="white", fontsize=8, va="bottom",
-                bbox={"facecolor": color, "edgecolor": "none", "pad": 1.0, "alpha": 0.85})
+        texts.append(f"{name} {score:.2f}")
+    order = np.argsort(-instances.scores.cpu()[shown].numpy(), kind="stable")  # best first keeps its place
+    draw_box_labels(ax, boxes[order], [texts[i] for i in order], colors[order], rgb.shape[:2], fontsize=fontsize)
     ax.set_axis_off()
     if title is not None:
         ax.set_title(title)
@@ -116,44 +96,100 @@ def mask_decoding_stages(outputs, instances: Instances, k: int, image_index: int
 
 
 def plot_mask_decoding_stages(stages: dict[str, np.ndarray], image=None, title: str | None = None) -> Figure:
-    """A 4 x 8 grid of ``mask_decoding_stages``: prototypes; coordinates, logit, upsampled, mask (and a zoom on
-    it); layers 0 and 1. ``image`` (the original) is drawn under the mask."""
-    fig, axes = plt.subplots(4, 8, figsize=(14, 7.5))
-    for ax in axes.flat:
+    """``mask_decoding_stages`` as one figure, in the order the data flows.
+
+    Three rows of eight small panels: the prototypes, then the outputs of dynamic layers 0 and 1 (after their
+    ReLU). A row of four: the relative coordinates x and y (the prior marked), the stride-8 logit and the
+    sigmoid after bilinear x8. A row of two large panels: the mask > 0.5 on the original ``image`` (black if
+    ``None``) and a zoom on it (its box with a margin of a quarter of its size).
+    """
+    fig = plt.figure(figsize=(14, 13))
+    grid = fig.add_gridspec(5, 24, height_ratios=[1, 1, 1, 1.7, 3.2])
+    rows = (("prototypes", "prototype", "coolwarm"), ("layer0", "layer 0 ch", "magma"),
+            ("layer1", "layer 1 ch", "magma"))
+    for r, (key, name, cmap) in enumerate(rows):
+        for c in range(8):
+            ax = fig.add_subplot(grid[r, 3 * c : 3 * c + 3])
+            ax.imshow(stages[key][c], cmap=cmap, interpolation="nearest")
+            ax.set_title(f"{name} {c}", fontsize=8)
+            ax.set_axis_off()
+    bottom = [fig.add_subplot(grid[3, 6 * c : 6 * c + 6]) for c in range(4)]
+    bottom += [fig.add_subplot(grid[4, :12]), fig.add_subplot(grid[4, 12:])]
+    for ax in bottom:
         ax.set_axis_off()
-    for c in range(8):
-        axes[0, c].imshow(stages["prototypes"][c], cmap="coolwarm", interpolation="nearest")
-        axes[0, c].set_title(f"prototype {c}", fontsize=8)
-        axes[2, c].imshow(stages["layer0"][c], cmap="magma", interpolation="nearest")
-        axes[2, c].set_title(f"layer 0 ch {c}", fontsize=8)
-        axes[3, c].imshow(stages["layer1"][c], cmap="magma", interpolation="nearest")
-        axes[3, c].set_title(f"layer 1 ch {c}", fontsize=8)
     x, y, s = stages["prior"][:3]
-    for c, name in enumerate(["rel x", "rel y"]):
-        axes[1, c].imshow(stages["relative_coords"][c], cmap="coolwarm", interpolation="nearest")
-        axes[1, c].plot([x / 8], [y / 8], "k+", markersize=8)
-        axes[1, c].set_title(f"{name} (prior {x:.0f},{y:.0f} s{s:.0f})", fontsize=8)
-    axes[1, 2].imshow(stages["logit"], cmap="coolwarm", interpolation="nearest")
-    axes[1, 2].set_title("logit, stride 8", fontsize=8)
-    axes[1, 3].imshow(stages["upsampled"], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    axes[1, 3].set_title("sigmoid, x8 bilinear", fontsize=8)
-    background = np.zeros((*stages["mask"].shape, 3), np.uint8) if image is None else \
-        to_rgb_tensor(image).permute(1, 2, 0).cpu().numpy()
+    for ax, c, name in ((bottom[0], 0, "rel x"), (bottom[1], 1, "rel y")):
+        ax.imshow(stages["relative_coords"][c], cmap="coolwarm", interpolation="nearest")
+        ax.plot([x / 8], [y / 8], "k+", markersize=10)
+        ax.set_title(f"{name} (prior {x:.0f},{y:.0f} s{s:.0f})", fontsize=9)
+    bottom[2].imshow(stages["logit"], cmap="coolwarm", interpolation="nearest")
+    bottom[2].set_title("logit, stride 8", fontsize=9)
+    bottom[3].imshow(stages["upsampled"], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    bottom[3].set_title("sigmoid, x8 bilinear (canvas)", fontsize=9)
     mask = stages["mask"]
+    background = np.zeros((*mask.shape, 3), np.uint8) if image is None else image_hwc(image)
     shown = background.astype(np.float32) / 255
     shown[mask] = 0.35 * shown[mask] + 0.65 * np.array([1.0, 0.15, 0.15])
-    shown[_outline(mask)] = [1.0, 1.0, 0.0]
-    axes[1, 4].imshow(shown, interpolation="nearest")
-    axes[1, 4].set_title("mask > 0.5, original", fontsize=8)
-    if mask.any():  # a zoom on the mask, with a margin of a quarter of its size
+    shown[mask_outline(mask)] = [1.0, 1.0, 0.0]
+    bottom[4].imshow(shown, interpolation="nearest")
+    bottom[4].set_title("mask > 0.5, original image", fontsize=9)
+    if mask.any():
         ys, xs = np.nonzero(mask)
         my, mx = (ys.max() - ys.min()) // 4 + 4, (xs.max() - xs.min()) // 4 + 4
         y0, x0 = max(ys.min() - my, 0), max(xs.min() - mx, 0)
-        zoom = axes[1, 5].get_gridspec()[1, 5:8]
-        axes[1, 5].set_subplotspec(zoom)
-        axes[1, 5].imshow(shown[y0 : ys.max() + my + 1, x0 : xs.max() + mx + 1], interpolation="nearest")
-        axes[1, 5].set_title("mask, zoomed", fontsize=8)
+        bottom[5].imshow(shown[y0 : ys.max() + my + 1, x0 : xs.max() + mx + 1], interpolation="nearest")
+        bottom[5].set_title("mask, zoomed", fontsize=9)
+    else:
+        bottom[5].text(0.5, 0.5, "empty mask:\nno pixel above 0.5", ha="center", va="center", fontsize=9,
+                       transform=bottom[5].transAxes)
     if title is not None:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def nms_survivors(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, score_thr: float,
+                  iou_thr: float, max_keep: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which candidates pass ``score > score_thr``, and which of those survive class-aware NMS at ``iou_thr``.
+
+    Args:
+        boxes: ``(M, 4)`` x1y1x2y2; scores, labels: ``(M,)``: one image's candidates (chapter 08, section 2).
+
+    Returns:
+        ``(above, kept)``: indices into the inputs, int64. ``above`` (A,): the candidates over the threshold,
+        best first; ``kept`` (K,): those ``batched_nms`` keeps, best first, at most ``max_keep``.
+    """
+    above = torch.nonzero(scores > score_thr).flatten()
+    above = above[torch.sort(scores[above], descending=True, stable=True).indices]  # (A,) best first
+    kept = above[batched_nms(boxes[above], scores[above], labels[above], iou_thr, max_keep)]  # (K,)
+    return above, kept
+
+
+def nms_figure(image, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, class_names: list[str],
+               score_thr: float = 0.05, iou_thr: float = 0.6, max_keep: int = 100, labelled: int = 12) -> Figure:
+    """Candidates over ``score_thr`` (left) and the survivors of NMS at ``iou_thr`` (right, at most ``max_keep``
+    drawn), one colour per class with a legend; the ``labelled`` best survivors carry "name score". The
+    widget of chapter 08 wires its sliders to this."""
+    above, survivors = nms_survivors(boxes, scores, labels, score_thr, iou_thr)
+    kept = survivors[:max_keep]  # max_per_img: the best max_keep survivors
+    capped = f"; the best {max_keep} are kept" if len(survivors) > max_keep else ""
+    rgb = image_hwc(image)
+    class_colors = instance_colors(len(class_names))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
+    panels = ((axes[0], above, f"{len(above)} candidates with score > {score_thr:.2f}"),
+              (axes[1], kept, f"{len(survivors)} survive NMS at IoU > {iou_thr:.2f}{capped}"))
+    for ax, index, title in panels:
+        ax.imshow(rgb, interpolation="nearest")
+        for (x1, y1, x2, y2), label in zip(boxes[index].tolist(), labels[index].tolist(), strict=True):
+            ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, lw=1,
+                                   edgecolor=class_colors[label]))
+        ax.set_title(title, fontsize=10)
+        ax.set_axis_off()
+    best = kept[:labelled]
+    texts = [f"{class_names[int(labels[i])]} {float(scores[i]):.2f}" for i in best]
+    draw_box_labels(axes[1], boxes[best], texts, class_colors[labels[best].cpu().numpy()], rgb.shape[:2], fontsize=6)
+    handles = [Rectangle((0, 0), 1, 1, facecolor="none", edgecolor=c, lw=2) for c in class_colors]
+    fig.legend(handles, class_names, loc="lower center", ncol=len(class_names), fontsize=9, frameon=False,
+               title="box colour = class")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig

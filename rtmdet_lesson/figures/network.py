@@ -13,19 +13,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, Rectangle
 from torch import nn
 
+from rtmdet_lesson.figures.common import image_hwc as _image_hwc
+
 STRIDES = (8, 16, 32)
-
-
-def _image_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """A (3, H, W) tensor or an (H, W, 3) array -> an (H, W, 3) uint8 array for imshow."""
-    if isinstance(image, torch.Tensor):
-        if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"expected a (3, H, W) image tensor, got shape {tuple(image.shape)}.")
-        image = image.detach().cpu().permute(1, 2, 0).numpy()  # (H, W, 3)
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) image array, got shape {image.shape}.")
-    return image if image.dtype == np.uint8 else np.clip(image, 0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------------------

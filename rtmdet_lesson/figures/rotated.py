@@ -10,8 +10,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Polygon
 
-from rtmdet_lesson.figures.instances import instance_colors
-from rtmdet_lesson.predict import to_rgb_tensor
+from rtmdet_lesson.figures.common import image_hwc, instance_colors
 from rtmdet_lesson.rotated.geometry import rbox_to_corners
 from rtmdet_lesson.rotated.iou import rotated_iou
 
@@ -27,7 +26,7 @@ def draw_rotated(image, rboxes: torch.Tensor, labels=None, scores=None, class_na
         fig, ax = plt.subplots(figsize=(6, 6))
     else:
         fig = ax.figure
-    rgb = to_rgb_tensor(image).permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
+    rgb = image_hwc(image)  # (H, W, 3)
     ax.imshow(rgb, interpolation="nearest")
     rboxes = torch.as_tensor(rboxes).detach().cpu().double().reshape(-1, 5)
     k = len(rboxes)

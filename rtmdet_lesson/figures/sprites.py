@@ -16,42 +16,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from rtmdet_lesson.data.sprites import SPRITE_CLASSES, draw_sprite
+from rtmdet_lesson.figures.common import draw_box_labels, instance_colors, overlay_instances
 
-
-def instance_colors(n: int) -> np.ndarray:
-    """(n, 3) float RGB in [0, 1]: distinct colours for n instances (tab10, then repeating)."""
-    return np.asarray(plt.get_cmap("tab10").colors)[np.arange(n) % 10]
-
-
-def _hwc(image) -> np.ndarray:
-    """A (3, H, W) tensor or an (H, W, 3) array -> an (H, W, 3) uint8 array."""
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().permute(1, 2, 0).numpy()  # (H, W, 3)
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 (3, H, W) tensor or (H, W, 3) array, got {image.dtype} {image.shape}")
-    return image
-
-
-def overlay_instances(image, masks, alpha: float = 0.45) -> np.ndarray:
-    """The image (H, W, 3) uint8 with each mask (G, H, W) filled in its own translucent colour and outlined.
-
-    The outline is the mask's own border pixels painted opaque, so thin parts and occlusion edges stay
-    visible. Pixels outside every mask are unchanged.
-    """
-    out = _hwc(image).astype(np.float64)
-    masks = np.asarray(masks.cpu() if isinstance(masks, torch.Tensor) else masks, dtype=bool)  # (G, H, W)
-    if masks.ndim != 3 or masks.shape[1:] != out.shape[:2]:
-        raise ValueError(f"masks must be (G, H, W) with (H, W) = {out.shape[:2]}, got {masks.shape}")
-    for mask, color in zip(masks, instance_colors(len(masks)) * 255, strict=True):
-        out[mask] = (1 - alpha) * out[mask] + alpha * color
-        inner = mask.copy()
-        inner[1:] &= mask[:-1]
-        inner[:-1] &= mask[1:]
-        inner[:, 1:] &= mask[:, :-1]
-        inner[:, :-1] &= mask[:, 1:]
-        out[mask & ~inner] = color  # border pixels
-    return out.round().astype(np.uint8)
+__all__ = ["class_counts_figure", "instance_colors", "object_size_figure", "overlay_instances", "sample_grid_figure",
+           "sprite_gallery_figure"]
 
 
 def sample_grid_figure(samples: Sequence, class_names: Sequence[str], ncols: int = 4, cell: float = 3.2) -> Figure:
@@ -63,19 +31,11 @@ def sample_grid_figure(samples: Sequence, class_names: Sequence[str], ncols: int
     for ax, (image, target) in zip(axes.flat, samples, strict=False):
         ax.imshow(overlay_instances(image, target["masks"]), interpolation="nearest")
         colors = instance_colors(len(target["labels"]))
-        for box, label, color in zip(target["boxes"].tolist(), target["labels"].tolist(), colors, strict=True):
-            x1, y1, x2, y2 = box
+        for (x1, y1, x2, y2), color in zip(target["boxes"].tolist(), colors, strict=True):
             ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, ec=color, lw=1))
-            ax.text(
-                x1,
-                y1 - 2,
-                class_names[label],
-                color="white",
-                fontsize=7,
-                va="bottom",
-                bbox={"fc": color, "ec": "none", "pad": 1},
-            )
         h, w = image.shape[-2:] if isinstance(image, torch.Tensor) else np.shape(image)[:2]
+        names = [class_names[label] for label in target["labels"].tolist()]
+        draw_box_labels(ax, target["boxes"], names, colors, (h, w), fontsize=7)
         ax.set_title(f"image {target['image_id']}: {w}x{h}, {len(target['labels'])} objects", fontsize=8)
     fig.tight_layout()
     return fig
