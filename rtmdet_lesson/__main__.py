@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("preset", help="e.g. rtmdet-ins-tiny, rtmdet-s, course-sprites")
     summary.add_argument("--num-classes", type=int, default=None, help="default: the preset's")
 
-    from rtmdet_lesson.speed import SPEEDS
+    from rtmdet_lesson.fast import SPEEDS
     from rtmdet_lesson.train import add_train_arguments
 
     add_train_arguments(sub.add_parser("train", help="train a preset on the sprites or any COCO-format dataset"))

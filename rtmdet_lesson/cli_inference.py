@@ -26,11 +26,11 @@ from tqdm.auto import tqdm
 from rtmdet_lesson.checkpoint import category_ids, load_checkpoint, model_from_checkpoint
 from rtmdet_lesson.data.coco import CocoInstanceDataset, sprites_split
 from rtmdet_lesson.evaluate import STAT_NAMES, evaluate_coco
+from rtmdet_lesson.fast import optimize_for_inference
 from rtmdet_lesson.figures.instances import draw_instances
 from rtmdet_lesson.image_files import images_in_folder
 from rtmdet_lesson.predict import predict, to_rgb_tensor
 from rtmdet_lesson.runtime import pick_device
-from rtmdet_lesson.speed import optimize_for_inference
 
 
 def _load(path, device, speed: str = "exact", backend: str = "torch"):

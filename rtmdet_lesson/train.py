@@ -48,11 +48,11 @@ from tqdm.auto import tqdm
 from rtmdet_lesson import distributed
 from rtmdet_lesson.checkpoint import load_checkpoint, save_checkpoint
 from rtmdet_lesson.data.coco import CocoInstanceDataset, sprites_split
+from rtmdet_lesson.fast import keep_freed_memory, low_precision_dtype, optimize_for_inference, prepare_for_training
 from rtmdet_lesson.preprocess import normalize
 from rtmdet_lesson.presets import PRESETS, build_model
 from rtmdet_lesson.rotated.model import ROTATED_PRESETS
 from rtmdet_lesson.runtime import pick_device, seed_everything
-from rtmdet_lesson.speed import keep_freed_memory, low_precision_dtype, optimize_for_inference, prepare_for_training
 
 log = logging.getLogger("rtmdet_lesson.train")
 

@@ -15,7 +15,7 @@ from rtmdet_lesson.checkpoint import load_checkpoint_model
 from rtmdet_lesson.data.coco import sprites_split
 from rtmdet_lesson.data.sprites import generate_sprites
 from rtmdet_lesson.evaluate import evaluate_coco
-from rtmdet_lesson.speed import low_precision_dtype, optimize_for_inference
+from rtmdet_lesson.fast import low_precision_dtype, optimize_for_inference
 
 CHECKPOINT = REPO_ROOT / "data" / "course-sprites.pth"
 RECORD = REPO_ROOT / "data" / "course-sprites.json"

@@ -19,7 +19,7 @@ import torch
 from rtmdet_lesson import criterion
 from rtmdet_lesson import train as train_module
 from rtmdet_lesson.checkpoint import load_checkpoint, load_checkpoint_model
-from rtmdet_lesson.speed import low_precision_dtype
+from rtmdet_lesson.fast import low_precision_dtype
 from rtmdet_lesson.train import TrainConfig, add_train_arguments, config_from_args, scaled_lr, train
 
 
