@@ -107,7 +107,7 @@ class Instances:
 def encode_masks(masks: torch.Tensor) -> list[dict]:
     """Bool masks (K, H, W) -> COCO RLE dicts with ``counts`` as str (JSON-ready)."""
     # pycocotools wants (H, W, K) uint8 in Fortran order, which is (K, W, H) in C order: one transposing copy in
-    # torch, then the bytes viewed as uint8 (2x faster than numpy's cast and asfortranarray)
+    # torch, then the bytes viewed as uint8
     array = masks.detach().cpu().transpose(1, 2).contiguous().view(torch.uint8).numpy().transpose(2, 1, 0)
     rles = mask_utils.encode(array) if masks.shape[0] else []
     return [{"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in rles]
@@ -130,7 +130,7 @@ def select_candidates(
     The ``nms_pre`` best pairs of a level all sit on the ``nms_pre`` priors with the best top class: a pair
     outside them would be beaten by the top class of each of those ``nms_pre`` priors. So the top-k runs over
     those priors' ``nms_pre x C`` pairs, not over all ``H_l x W_l x C`` (a 6400 x 80 level at 640: 512,000).
-    Chapter 09 times it; ``tests/test_postprocess.py`` checks it against the top-k over every pair.
+    ``tests/test_postprocess.py`` checks it against the top-k over every pair.
     """
     prior_index, labels, scores = [], [], []
     offset = 0
@@ -158,7 +158,7 @@ def gather_priors(maps: list[torch.Tensor], prior_index: torch.Tensor) -> torch.
     """The values at some priors of per-level maps ``[(D, H_l, W_l)]`` of one image -> ``(M, D)``.
 
     ``prior_index`` counts priors over the levels in order (as ``grid_priors`` rows); only the asked columns are
-    copied, not the whole (N, D) concatenation. Chapter 09 times it.
+    copied, not the whole (N, D) concatenation.
     """
     sizes = torch.tensor([m.shape[1] * m.shape[2] for m in maps], device=prior_index.device)
     starts = torch.cumsum(sizes, 0) - sizes  # (L,) first prior of each level

@@ -139,4 +139,4 @@ def test_chunked_head_equals_the_plain_one(k):
     torch.testing.assert_close(chunked_mask_logits(mask_feats, kernels, priors, image_index),
                                dynamic_mask_logits(mask_feats, kernels, priors, image_index))
     with pytest.raises(ValueError, match="same K instances"):
-        chunked_mask_logits(mask_feats, kernels, priors[:0] if k else priors[:1], image_index)
+        chunked_mask_logits(mask_feats, kernels, priors[:, :3], image_index)
