@@ -114,14 +114,14 @@ class RTMDetSepBNHead(nn.Module):
         self.rtm_reg = nn.ModuleList([nn.Conv2d(feat, 4, 1) for _ in range(levels)])
         _init_head_weights(self, reg_bias=0.0)
 
-    def tower_features(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features ``(B, feat, H_l, W_l)`` of the class branch and of the box branch on one level.
+    def reg_features(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """Box-branch features ``(B, feat, H_l, W_l)``: the reg tower, or without one a second pass through the cls
+        tower (the reference)."""
+        return self.reg_tower(x, level) if self.reg_tower is not None else self.cls_tower(x, level)
 
-        The box branch has the reg tower, or, without one, a second pass through the cls tower (the reference).
-        """
-        cls_feats = self.cls_tower(x, level)
-        reg_feats = self.reg_tower(x, level) if self.reg_tower is not None else self.cls_tower(x, level)
-        return cls_feats, reg_feats
+    def tower_features(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features ``(B, feat, H_l, W_l)`` of the class branch and of the box branch on one level."""
+        return self.cls_tower(x, level), self.reg_features(x, level)
 
     def distances(self, reg: torch.Tensor, stride: int) -> torch.Tensor:
         """Raw box outputs -> (left, top, right, bottom) distances in pixels."""
