@@ -41,13 +41,13 @@ from bench_speed import (  # benchmarks/ is on sys.path when run as a script
 )
 
 from rtmdet_lesson.boxes import distance_to_box
-from rtmdet_lesson.dynamic_mask import dynamic_mask_logits
-from rtmdet_lesson.mask_resize import masks_to_original
+from rtmdet_lesson.fast import low_precision_dtype, optimize_for_inference
+from rtmdet_lesson.fast.dynamic_mask import dynamic_mask_logits
+from rtmdet_lesson.fast.mask_resize import decode_masks, masks_to_original
 from rtmdet_lesson.nms import batched_nms
 from rtmdet_lesson.postprocess import CONFIGS, postprocess, select_candidates
 from rtmdet_lesson.preprocess import letterbox_image, normalize
 from rtmdet_lesson.priors import grid_priors
-from rtmdet_lesson.speed import low_precision_dtype, optimize_for_inference
 
 BACKEND_CASES = [("course-sprites", 320, (240, 320)), ("rtmdet-ins-tiny", 640, (480, 640))]  # preset, canvas, image
 
@@ -90,7 +90,8 @@ def stage_times(model, x, letterbox, config, runs: int) -> dict:
         return masks_to_original(logits, letterbox, config.mask_thr)
 
     out["masks"], _ = median_ms(masks, runs)
-    out["postprocess (all)"], found = median_ms(lambda: postprocess(head, [letterbox], config, model.strides), runs)
+    out["postprocess (all)"], found = median_ms(lambda: postprocess(head, [letterbox], config, model.strides,
+                                                                                decode_masks), runs)
     out["candidates_n"], out["kept_n"] = len(index), len(found[0])
     return out
 

@@ -65,23 +65,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import rtmdet_lesson.losses as losses_module
-import rtmdet_lesson.speed as speed_module
+import rtmdet_lesson.fast.losses as fast_losses
+import rtmdet_lesson.fast.training as fast_training
 from rtmdet_lesson.boxes import distance_to_box
 from rtmdet_lesson.checkpoint import load_checkpoint_model
 from rtmdet_lesson.data.coco import sprites_split
 from rtmdet_lesson.data.collate import AugmentedDataset, collate
 from rtmdet_lesson.data.transforms import build_train_pipeline
-from rtmdet_lesson.dynamic_mask import LAYER_SHAPES, NUM_DYNAMIC_PARAMS, dynamic_mask_logits
+from rtmdet_lesson.dynamic_mask import LAYER_SHAPES, NUM_DYNAMIC_PARAMS
 from rtmdet_lesson.ema import ExpMomentumEMA
-from rtmdet_lesson.mask_resize import masks_to_original
+from rtmdet_lesson.fast import SpeedOptions, low_precision_dtype, optimize_for_inference, prepare_for_training
+from rtmdet_lesson.fast.dynamic_mask import dynamic_mask_logits
+from rtmdet_lesson.fast.mask_resize import decode_masks, masks_to_original
 from rtmdet_lesson.nms import batched_nms
 from rtmdet_lesson.postprocess import EVAL, gather_priors, mask_logits_to_original, postprocess, select_candidates
 from rtmdet_lesson.preprocess import letterbox_image, normalize
 from rtmdet_lesson.presets import build_model
 from rtmdet_lesson.priors import grid_priors
 from rtmdet_lesson.schedule import param_groups
-from rtmdet_lesson.speed import SpeedOptions, low_precision_dtype, optimize_for_inference, prepare_for_training
 from rtmdet_lesson.train import AMP_DTYPES, TrainConfig, build_pipeline, fast_training_settings, train
 
 CASES = [  # (preset, canvas, image (H, W), training batch, timed training iterations per --train-iters)
@@ -261,7 +262,7 @@ def _lockstep_child(conn, config: dict, fp32_depthwise: bool, max_iters: int | N
     returns, ``("done", seconds, metrics)``, the seconds of what it did after its last iteration."""
     torch.set_num_threads(threads)
     if not fp32_depthwise:  # measure what the fp32 depthwise convs buy by switching them back
-        speed_module.DepthwiseConvFp32.forward = torch.nn.Conv2d.forward
+        fast_training.DepthwiseConvFp32.forward = torch.nn.Conv2d.forward
     conn.recv()  # the first turn
     turn = [time.perf_counter()]
 
@@ -405,7 +406,8 @@ def decoding_stages(model, x: torch.Tensor, image: torch.Tensor, runs: int) -> d
             "masks to the image: windows (chapter 09)": median_ms(lambda: masks_to_original(logits, box), runs),
             "masks to the image: full canvas (chapter 08)": median_ms(
                 lambda: mask_logits_to_original(logits, box) > 0, runs),
-            "all of postprocess (windows)": median_ms(lambda: postprocess(out, [box], EVAL, net.strides), runs),
+            "all of postprocess (windows)": median_ms(
+                lambda: postprocess(out, [box], EVAL, net.strides, decode_masks), runs),
         }
 
 
@@ -580,19 +582,19 @@ def trained_steps_table(args, data: Path) -> None:
                          mosaic=False, mixup=False, stage2_epochs=2).resolve()
     dataset = AugmentedDataset(sprites_split(data, "train"), build_pipeline(config), seed=0)
     batches = [collate([dataset[i * batch + j] for j in range(batch)]) for i in range(max(2, args.train_iters // 2))]
-    floor = losses_module.DICE_LOGIT_FLOOR
+    floor = fast_losses.DICE_LOGIT_FLOOR
     cases = {(mode, floored): trained_step(mode, config) for mode in ("plain", "fast") for floored in (False, True)}
     times = {case: [] for case in cases}
     for rnd in range(args.train_rounds + 1):  # round 0 warms up
         for images, targets in batches:
             for (mode, floored), step in cases.items():
-                losses_module.DICE_LOGIT_FLOOR = floor if floored else float("-inf")
+                fast_losses.DICE_LOGIT_FLOOR = floor if floored else float("-inf")
                 try:
                     start = time.perf_counter()
                     step(images, targets)
                     spent = time.perf_counter() - start
                 finally:
-                    losses_module.DICE_LOGIT_FLOOR = floor
+                    fast_losses.DICE_LOGIT_FLOOR = floor
                 if rnd:
                     times[(mode, floored)].append(1000 * spent)
     print(f"\n# bare training steps from the shipped weights ({SHIPPED}): {preset}, {size}x{size}, batch {batch}, "

@@ -11,10 +11,10 @@ Official weights expect BGR input normalised with ``preprocess.MEAN_BGR`` / ``pr
 ``preprocess.normalize`` turns RGB uint8 images into exactly that, and ``model.predict`` calls it for you.
 """
 
+from rtmdet_lesson.fast import optimize_for_inference
 from rtmdet_lesson.model import HeadOutput, RTMDet
 from rtmdet_lesson.official_weights import export_mmdet_state_dict, load_mmdet_checkpoint
 from rtmdet_lesson.presets import PRESETS, build_model
-from rtmdet_lesson.speed import optimize_for_inference
 
 __all__ = ["PRESETS", "HeadOutput", "RTMDet", "build_model", "export_mmdet_state_dict", "load_mmdet_checkpoint",
            "optimize_for_inference"]

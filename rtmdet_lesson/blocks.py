@@ -14,48 +14,10 @@ BN_MOMENTUM = 0.1  # PyTorch defaults: the configs pass SyncBN without momentum/
 BN_EPS = 1e-5
 
 
-def silu(x: torch.Tensor) -> torch.Tensor:
-    """SiLU, in place unless autograd tracks ``x``. Chapter 09.
-
-    SiLU's backward needs its input, so autograd copies a tensor before SiLU overwrites it: in training the
-    in-place form costs a copy per layer that the out-of-place form does not; without autograd in place saves
-    an allocation.
-    """
-    return F.silu(x, inplace=not x.requires_grad)
-
-
-class _CatChannels(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, *tensors: torch.Tensor) -> torch.Tensor:
-        ctx.sizes = [t.shape[1] for t in tensors]
-        return torch.cat(tensors, dim=1)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        parts = grad.split(ctx.sizes, dim=1)  # views: in channels-last, every pixel's channels stay interleaved
-        if not grad.is_contiguous() and grad.is_contiguous(memory_format=torch.channels_last):
-            parts = tuple(part.contiguous(memory_format=torch.channels_last) for part in parts)
-        return parts
-
-
-def cat_channels(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.cat(tensors, dim=1)`` whose backward gives each input a contiguous channels-last gradient. Chapter 09.
-
-    The gradient of a concatenation is a slice of the output's gradient. In channels-last memory a channel slice
-    is strided (the other inputs' channels sit between its values), and SiLU and BN backward on such a slice are
-    several times slower than one copy to contiguous memory. NCHW slices are already contiguous per image, so
-    those stay views, as in ``torch.cat``.
-    """
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return _CatChannels.apply(*tensors)
-    return torch.cat(tensors, dim=1)
-
-
 class ConvBNAct(nn.Module):
     """Conv (no bias: BN follows) -> BatchNorm -> SiLU; padding ``k // 2``. Chapter 01 builds this.
 
-    ``(B, C_in, H, W) -> (B, C_out, H / stride, W / stride)``. The SiLU works in place only outside autograd
-    (``silu``, chapter 09).
+    ``(B, C_in, H, W) -> (B, C_out, H / stride, W / stride)``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, groups: int = 1):
@@ -66,7 +28,7 @@ class ConvBNAct(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return silu(self.bn(self.conv(x)))
+        return F.silu(self.bn(self.conv(x)))
 
 
 class DepthwiseSeparableConv(nn.Module):
@@ -101,28 +63,10 @@ class CSPNeXtBlock(nn.Module):
         return out + x if self.add_identity else out
 
 
-class _PixelMean(torch.autograd.Function):
-    """Per-image, per-channel mean over the pixels, in at least float32: ``(B, C, H, W) -> (B, C, 1, 1)``.
-
-    Its gradient is handed back as a broadcast view in ``x``'s dtype. Autograd's own (``mean`` with ``dtype``)
-    casts the broadcast gradient, which writes a new NCHW tensor, and adding that to the channels-last gradient
-    ``x`` gets from its other use is several times slower than the add itself (chapter 09). Same values.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.shape, ctx.dtype = x.shape, x.dtype
-        return x.mean(dim=(2, 3), keepdim=True, dtype=torch.promote_types(x.dtype, torch.float32))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return (grad / (ctx.shape[2] * ctx.shape[3])).to(ctx.dtype).expand(ctx.shape)
-
-
 class ChannelAttention(nn.Module):
     """Global average pool -> 1x1 conv with bias (no reduction) -> Hardsigmoid -> rescale channels. Chapter 01.
 
-    The pool is taken in at least float32, as the reference does with autocast switched off (``_PixelMean``).
+    ``(B, C, H, W) -> (B, C, H, W)``: each channel scaled by a weight in [0, 1] computed from all channels' means.
     """
 
     def __init__(self, channels: int):
@@ -131,8 +75,8 @@ class ChannelAttention(nn.Module):
         self.act = nn.Hardsigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = _PixelMean.apply(x)  # (B, C, 1, 1)
-        return x * self.act(self.fc(pooled.to(x.dtype)))
+        pooled = x.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+        return x * self.act(self.fc(pooled))
 
 
 class CSPLayer(nn.Module):
@@ -159,7 +103,7 @@ class CSPLayer(nn.Module):
         self.attention = ChannelAttention(2 * mid) if channel_attention else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = cat_channels([self.blocks(self.main_conv(x)), self.short_conv(x)])  # (B, 2*mid, H, W)
+        out = torch.cat([self.blocks(self.main_conv(x)), self.short_conv(x)], dim=1)  # (B, 2*mid, H, W)
         if self.attention is not None:
             out = self.attention(out)
         return self.final_conv(out)
@@ -180,7 +124,7 @@ class SPPBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
-        return self.conv2(cat_channels([x] + [pool(x) for pool in self.poolings]))  # (B, 4*mid, H, W)
+        return self.conv2(torch.cat([x] + [pool(x) for pool in self.poolings], dim=1))  # (B, 4*mid, H, W)
 
 
 def init_backbone_neck_weights(module: nn.Module) -> None:

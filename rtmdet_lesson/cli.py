@@ -40,7 +40,7 @@ TRAIN_FLAGS = ("epochs", "batch_size", "lr", "augment", "amp", "device", "worker
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rtmdet_lesson.speed import SPEEDS
+    from rtmdet_lesson.fast import SPEEDS
 
     parser = argparse.ArgumentParser(prog="rtmdet-lesson", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true",
@@ -311,9 +311,9 @@ def _load(args):
     """The checkpoint's model behind the ``--speed`` inference path (RTMDet-R as it is: the speed paths are built
     for the axis-aligned heads), or the ONNX model with ``--backend onnxruntime``; and its category-id map."""
     from rtmdet_lesson.checkpoint import category_ids, load_checkpoint, model_from_checkpoint
+    from rtmdet_lesson.fast import optimize_for_inference
     from rtmdet_lesson.rotated.model import RTMDetR
     from rtmdet_lesson.runtime import pick_device
-    from rtmdet_lesson.speed import optimize_for_inference
 
     if args.backend == "onnxruntime":  # an exported .onnx file: the network in ONNX Runtime, the same decoding
         from rtmdet_lesson.deploy.ort_model import load_onnx_model

@@ -10,7 +10,11 @@ float32 whatever the network's dtype.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from rtmdet_lesson.assigner import AssignResult, DynamicSoftLabelAssigner, box_centers, center_of_mass, pad_targets
@@ -18,7 +22,6 @@ from rtmdet_lesson.boxes import distance_to_box
 from rtmdet_lesson.dynamic_mask import dynamic_mask_logits
 from rtmdet_lesson.head import HeadOutput
 from rtmdet_lesson.losses import dice_loss, giou_loss, quality_focal_loss
-from rtmdet_lesson.mask_resize import interpolation_matrix
 from rtmdet_lesson.priors import grid_priors
 
 CLS_WEIGHT, BBOX_WEIGHT, MASK_WEIGHT = 1.0, 2.0, 2.0
@@ -35,43 +38,87 @@ def normaliser(total: Tensor) -> Tensor:
     return total.detach().clamp(min=1)
 
 
-def check_targets(targets: list[dict], batch_size: int, num_classes: int, image_size: tuple[int, int],
-                  need_masks: bool) -> None:
-    """Raise a ValueError naming the problem and the fix for targets the losses cannot use."""
+def check_batch(targets: list[dict], batch_size: int) -> None:
+    """Raise a ValueError unless ``targets`` is a list with one dict per image."""
     if not isinstance(targets, (list, tuple)) or len(targets) != batch_size:
         got = len(targets) if isinstance(targets, (list, tuple)) else type(targets).__name__
         raise ValueError(f"targets must be a list with one dict per image ({batch_size}), got {got}")
-    h, w = image_size
+
+
+def check_labels(targets: list[dict], num_classes: int, count_key: str = "boxes") -> None:
+    """Raise a ValueError naming the fix unless every ``labels`` is int64 ``(G,)`` with values in 0..C-1."""
     for i, t in enumerate(targets):
-        where = f"targets[{i}]"
-        for key in ("boxes", "labels") + (("masks",) if need_masks else ()):
-            if key not in t or not isinstance(t[key], Tensor):
-                raise ValueError(f"{where} needs a tensor '{key}' (boxes (G, 4), labels (G,), masks (G, H, W))")
-        boxes, labels = t["boxes"], t["labels"]
-        if not boxes.is_floating_point() or boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise ValueError(f"{where}['boxes'] must be float (G, 4) x1y1x2y2 pixels, got {boxes.dtype} "
-                             f"{tuple(boxes.shape)}; convert with boxes.float() and reshape(-1, 4)")
-        if labels.dtype != torch.int64 or labels.shape != (len(boxes),):
-            raise ValueError(f"{where}['labels'] must be int64 of shape ({len(boxes)},), got {labels.dtype} "
+        labels, count = t["labels"], len(t[count_key])
+        if labels.dtype != torch.int64 or labels.shape != (count,):
+            raise ValueError(f"targets[{i}]['labels'] must be int64 of shape ({count},), got {labels.dtype} "
                              f"{tuple(labels.shape)}; convert with labels.long()")
-        if need_masks:
-            masks = t["masks"]
-            if masks.dtype != torch.bool or masks.shape != (len(boxes), h, w):
-                raise ValueError(f"{where}['masks'] must be bool ({len(boxes)}, {h}, {w}) at the network input "
-                                 f"size, got {masks.dtype} {tuple(masks.shape)}; letterbox/pad the masks with "
-                                 "the image and convert with masks.bool()")
     labels = torch.cat([t["labels"] for t in targets])  # (sum G,): one host synchronisation for the whole batch
     if len(labels) and not bool(((labels >= 0) & (labels < num_classes)).all()):
         i = next(i for i, t in enumerate(targets) if len(t["labels"]) and (t["labels"].min() < 0
                                                                              or t["labels"].max() >= num_classes))
         bad = targets[i]["labels"]
         raise ValueError(f"targets[{i}]['labels'] must lie in 0..{num_classes - 1}, got {bad.min().item()}.."
-                         f"{bad.max().item()}; map COCO category ids to contiguous labels "
+                         f"{bad.max().item()}; map the dataset's category ids to contiguous labels "
                          "(CocoInstanceDataset does) or build the model with the right num_classes")
 
 
+def check_targets(targets: list[dict], batch_size: int, num_classes: int, image_size: tuple[int, int],
+                  need_masks: bool) -> None:
+    """Raise a ValueError naming the problem and the fix for targets the losses cannot use."""
+    check_batch(targets, batch_size)
+    h, w = image_size
+    for i, t in enumerate(targets):
+        where = f"targets[{i}]"
+        for key in ("boxes", "labels") + (("masks",) if need_masks else ()):
+            if key not in t or not isinstance(t[key], Tensor):
+                raise ValueError(f"{where} needs a tensor '{key}' (boxes (G, 4), labels (G,), masks (G, H, W))")
+        boxes = t["boxes"]
+        if not boxes.is_floating_point() or boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"{where}['boxes'] must be float (G, 4) x1y1x2y2 pixels, got {boxes.dtype} "
+                             f"{tuple(boxes.shape)}; convert with boxes.float() and reshape(-1, 4)")
+        if need_masks:
+            masks = t["masks"]
+            if masks.dtype != torch.bool or masks.shape != (len(boxes), h, w):
+                raise ValueError(f"{where}['masks'] must be bool ({len(boxes)}, {h}, {w}) at the network input "
+                                 f"size, got {masks.dtype} {tuple(masks.shape)}; letterbox/pad the masks with "
+                                 "the image and convert with masks.bool()")
+    check_labels(targets, num_classes)
+
+
+def level_strides(cls_scores: list[Tensor], image_size: tuple[int, int]) -> tuple[list[tuple[int, int]], list[int]]:
+    """The ``(H_l, W_l)`` of each level's maps and its stride, checked against the network input ``(H, W)``."""
+    feature_sizes = [tuple(m.shape[-2:]) for m in cls_scores]
+    strides = [image_size[0] // h for h, _ in feature_sizes]
+    if any(h * s != image_size[0] or w * s != image_size[1] for (h, w), s in zip(feature_sizes, strides, strict=True)):
+        raise ValueError(f"feature maps {feature_sizes} do not divide image_size {tuple(image_size)}; pass the "
+                         "(H, W) of the batch the outputs were computed from")
+    return feature_sizes, strides
+
+
+def upsample_x2(logits: Tensor) -> Tensor:
+    """Bilinear x2 (align_corners False) of mask logits: ``(K, h, w) -> (K, 2h, 2w)``, as the reference does."""
+    k, h, w = logits.shape
+    if k == 0:  # F.interpolate refuses a tensor with no channels
+        return logits.new_zeros(0, 2 * h, 2 * w)
+    return F.interpolate(logits[None], scale_factor=2, mode="bilinear", align_corners=False)[0]  # (K, 2h, 2w)
+
+
+@dataclass(frozen=True)
+class MaskLossSteps:
+    """The three steps of the mask loss: stride-8 logits, x2 upsampling, Dice. ``rtmdet_lesson.fast.losses`` swaps
+    in steps that compute the same values faster on a CPU."""
+
+    mask_logits: Callable = dynamic_mask_logits
+    upsample: Callable = upsample_x2
+    dice: Callable = dice_loss
+
+
+PLAIN_MASK_LOSS = MaskLossSteps()
+
+
 def compute_losses(outputs: HeadOutput, targets: list[dict], image_size: tuple[int, int],
-                   assigner: DynamicSoftLabelAssigner | None = None) -> dict:
+                   assigner: DynamicSoftLabelAssigner | None = None,
+                   mask_steps: MaskLossSteps = PLAIN_MASK_LOSS) -> dict:
     """The training losses of a batch. Chapter 06 builds this.
 
     Args:
@@ -80,26 +127,23 @@ def compute_losses(outputs: HeadOutput, targets: list[dict], image_size: tuple[i
             in 0..C-1, masks (G, H, W) bool at the network input size (needed for RTMDet-Ins only).
         image_size: (H, W) of the network input.
         assigner: defaults to the reference's DynamicSoftLabelAssigner().
+        mask_steps: how the mask loss computes its logits, upsamples them and takes Dice (the plain steps).
 
     Returns:
         dict(loss_cls, loss_bbox[, loss_mask], num_pos): 0-dim float32 tensors (the weights 1 / 2 / 2 are
         included) and the number of positive priors in the batch (int).
     """
     with torch.autocast(outputs.cls_scores[0].device.type, enabled=False):  # fp32 under mixed precision too
-        return _compute_losses(outputs, targets, image_size, assigner)
+        return _compute_losses(outputs, targets, image_size, assigner, mask_steps)
 
 
 def _compute_losses(outputs: HeadOutput, targets: list[dict], image_size: tuple[int, int],
-                    assigner: DynamicSoftLabelAssigner | None) -> dict:
+                    assigner: DynamicSoftLabelAssigner | None, mask_steps: MaskLossSteps) -> dict:
     with_mask = outputs.mask_feats is not None
     cls_logits = flatten_levels(outputs.cls_scores).float()  # (B, N, C)
     distances = flatten_levels(outputs.bbox_preds).float()  # (B, N, 4)
     b, n, c = cls_logits.shape
-    feature_sizes = [tuple(m.shape[-2:]) for m in outputs.cls_scores]
-    strides = [image_size[0] // h for h, _ in feature_sizes]
-    if any(h * s != image_size[0] or w * s != image_size[1] for (h, w), s in zip(feature_sizes, strides, strict=True)):
-        raise ValueError(f"feature maps {feature_sizes} do not divide image_size {tuple(image_size)}; pass the "
-                         "(H, W) of the batch the outputs were computed from")
+    feature_sizes, strides = level_strides(outputs.cls_scores, image_size)
     check_targets(targets, b, c, image_size, need_masks=with_mask)
     device = cls_logits.device
     targets = [{k: v.to(device) for k, v in t.items() if isinstance(v, Tensor)} for t in targets]
@@ -107,8 +151,7 @@ def _compute_losses(outputs: HeadOutput, targets: list[dict], image_size: tuple[
     boxes = distance_to_box(priors[:, :2], distances)  # (B, N, 4) no clamping in training
 
     # RTMDet-Ins centres each object's soft centre prior on its mask's centre of mass; RTMDet on the box centre.
-    centers = [center_of_mass(t["masks"]) if with_mask else box_centers(t["boxes"])
-               for t in targets]
+    centers = [center_of_mass(t["masks"]) if with_mask else box_centers(t["boxes"]) for t in targets]
     gt_boxes, gt_labels, gt_centers, gt_valid = pad_targets(
         [t["boxes"].float() for t in targets], [t["labels"] for t in targets], centers
     )  # (B, G, 4), (B, G), (B, G, 2), (B, G)
@@ -130,34 +173,25 @@ def _compute_losses(outputs: HeadOutput, targets: list[dict], image_size: tuple[
         loss_bbox = distances.sum() * 0  # zero, but still connected to the graph
     losses = dict(loss_cls=CLS_WEIGHT * loss_cls, loss_bbox=BBOX_WEIGHT * loss_bbox)
     if with_mask:
-        losses["loss_mask"] = MASK_WEIGHT * mask_loss(outputs, targets, result, priors, pos_image, pos_prior)
+        losses["loss_mask"] = MASK_WEIGHT * mask_loss(outputs, targets, result, priors, pos_image, pos_prior,
+                                                     mask_steps)
     losses["num_pos"] = len(pos_prior)
     return losses
 
 
-def upsample_x2(logits: Tensor) -> Tensor:
-    """Bilinear x2 (align_corners False) of ``(K, h, w)`` maps: ``F.interpolate``'s result, computed as the two
-    small matrix products of chapter 09 (``A_y @ L @ A_x.T``), whose backward is ~3x cheaper on a CPU."""
-    k, h, w = logits.shape
-    a_y = interpolation_matrix(h, 2 * h, logits.dtype, logits.device)  # (2h, h)
-    a_x = a_y if w == h else interpolation_matrix(w, 2 * w, logits.dtype, logits.device)  # (2w, w)
-    return a_y @ logits @ a_x.T  # (K, 2h, 2w)
-
-
 def mask_loss(outputs: HeadOutput, targets: list[dict], result: AssignResult, priors: Tensor,
-              pos_image: Tensor, pos_prior: Tensor) -> Tensor:
+              pos_image: Tensor, pos_prior: Tensor, steps: MaskLossSteps = PLAIN_MASK_LOSS) -> Tensor:
     """Dice loss of the positives' masks on stride-4 maps, divided by the number of positives (>= 1)."""
     mask_feats = outputs.mask_feats.float()
     if len(pos_prior) == 0:  # zero, but every mask parameter still gets a (zero) gradient
         return (mask_feats.sum() + sum(k.sum() for k in outputs.kernel_preds).float()) * 0
     kernels = flatten_levels(outputs.kernel_preds)[pos_image, pos_prior].float()  # (K, 169)
-    logits = dynamic_mask_logits(mask_feats, kernels, priors[pos_prior], pos_image)  # (K, H/8, W/8)
-    logits = upsample_x2(logits)  # (K, H/4, W/4)
+    logits = steps.mask_logits(mask_feats, kernels, priors[pos_prior], pos_image)  # (K, H/8, W/8)
+    logits = steps.upsample(logits)  # (K, H/4, W/4)
     start = MASK_LOSS_STRIDE // 2
     gt_masks = torch.cat([
         t["masks"][:, start::MASK_LOSS_STRIDE, start::MASK_LOSS_STRIDE].contiguous()[
             result.gt_index[i, pos_prior[pos_image == i]]]
         for i, t in enumerate(targets)
-    ])  # (K, H/4, W/4): slice to stride 4 first, then pick each positive's GT (from a compact copy of the G slices:
-    # 4x faster than picking from the strided view); pos_image is sorted by image
-    return dice_loss(logits, gt_masks).sum() / normaliser(logits.new_tensor(float(len(pos_prior))))
+    ])  # (K, H/4, W/4): each image's G masks sliced to stride 4, then each positive's GT (pos_image is sorted)
+    return steps.dice(logits, gt_masks).sum() / normaliser(logits.new_tensor(float(len(pos_prior))))

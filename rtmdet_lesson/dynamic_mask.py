@@ -21,7 +21,6 @@ from rtmdet_lesson.priors import grid_priors
 
 NUM_PROTOTYPES = 8
 MASK_STRIDE = 8  # the prototypes' stride: their grid points are (j * 8, i * 8)
-CHUNK_FLOATS = 8 * 8 * 80 * 80  # activations per batched product, (chunk, 8, h*w): 1.6 MB, a CPU's L2 cache
 DYCONV_CHANNELS = 8
 # (out, in) of the three dynamic 1x1 convs; in of layer 0 = 2 coordinate maps + the prototypes.
 LAYER_SHAPES = ((DYCONV_CHANNELS, NUM_PROTOTYPES + 2), (DYCONV_CHANNELS, DYCONV_CHANNELS), (1, DYCONV_CHANNELS))
@@ -51,6 +50,20 @@ def split_dynamic_params(kernels: torch.Tensor) -> tuple[list[torch.Tensor], lis
     return weights, biases
 
 
+def check_instances(mask_feats: torch.Tensor, kernels: torch.Tensor, priors: torch.Tensor,
+                    image_index: torch.Tensor) -> None:
+    """Raise a ValueError naming the problem unless the arguments describe the same K instances."""
+    c = mask_feats.shape[1]
+    if c != NUM_PROTOTYPES:
+        raise ValueError(f"mask_feats must have {NUM_PROTOTYPES} prototype channels, got {c}")
+    k = kernels.shape[0]
+    if priors.shape != (k, 4) or image_index.shape != (k,):
+        raise ValueError(
+            f"kernels {tuple(kernels.shape)}, priors {tuple(priors.shape)} and image_index "
+            f"{tuple(image_index.shape)} must describe the same K instances: (K, 169), (K, 4), (K,)"
+        )
+
+
 def dynamic_mask_logits(
     mask_feats: torch.Tensor,
     kernels: torch.Tensor,
@@ -68,61 +81,23 @@ def dynamic_mask_logits(
     Returns:
         ``(K, h, w)`` mask logits at stride 8 (apply sigmoid after upsampling, never before).
 
-    A 1x1 conv is a matrix product over channels. Layer 0 needs no (K, 10, h, w) input: its coordinate part is
-    affine in the grid point, ``W_xy @ (p - g) / (8 s) = W_xy @ p / (8 s) - W_xy @ g / (8 s)``, so each image's
-    8 prototypes, the grid x, the grid y and a row of ones make one (11, h*w) input shared by all its instances,
-    and layer 0 is a plain matrix product with it. Layers 1 and 2 run as batched products over chunks of instances
-    whose (chunk, 8, h*w) activations fit in ``CHUNK_FLOATS`` (8 instances at 640, 32 at 320), so they stay in
-    the CPU cache without paying per-chunk overhead more often than needed. Chapter 09 times it;
-    ``tests/test_dynamic_mask.py`` checks it against a per-instance ``F.conv2d`` on the concatenated input.
+    Each instance's input is 10 maps: its relative coordinates ``(prior - grid point) / (8 * stride)`` and its
+    image's 8 prototypes (mmdetection's ``RTMDetInsHead._mask_predict_by_feat_single``). A 1x1 conv is a matrix
+    product over channels, so the three layers run for all K instances as three batched products (einsums).
     """
+    check_instances(mask_feats, kernels, priors, image_index)
     b, c, h, w = mask_feats.shape
-    if c != NUM_PROTOTYPES:
-        raise ValueError(f"mask_feats must have {NUM_PROTOTYPES} prototype channels, got {c}")
     k = kernels.shape[0]
-    if priors.shape != (k, 4) or image_index.shape != (k,):
-        raise ValueError(
-            f"kernels {tuple(kernels.shape)}, priors {tuple(priors.shape)} and image_index "
-            f"{tuple(image_index.shape)} must describe the same K instances: (K, 169), (K, 4), (K,)"
-        )
     if k == 0:
         return mask_feats.new_zeros(0, h, w)
     dtype = mask_feats.dtype
     weights, biases = split_dynamic_params(kernels.to(dtype))
-    w0 = weights[0]  # (K, 8, 10): columns rel_x, rel_y, then the prototypes
-    scale = (priors[:, 2].to(dtype) * 8)[:, None]  # (K, 1): the coordinate normaliser 8 * stride
-    offset = (w0[:, :, 0] * priors[:, None, 0] + w0[:, :, 1] * priors[:, None, 1]) / scale  # (K, 8)
-    w0_ext = torch.cat([w0[:, :, 2:], -w0[:, :, :2] / scale[:, :, None], (biases[0] + offset)[:, :, None]], dim=2)
     grid = grid_priors([(h, w)], [MASK_STRIDE], device=mask_feats.device, dtype=dtype)[:, :2]  # (h*w, 2) x, y
-    ones = grid.new_ones(h * w, 1)
-    # Instances sorted by image (the criterion's already are), so each image's chunks are consecutive rows and
-    # every parameter tensor is cut with one split, whose backward is one concatenation.
-    in_order = bool((image_index[1:] >= image_index[:-1]).all())
-    params = [w0_ext, weights[1], biases[1], weights[2], biases[2]]
-    if not in_order:
-        order = torch.argsort(image_index, stable=True)
-        params = [p[order] for p in params]
-    # CPU: chunks that fit its cache; a GPU gains nothing from them and pays a kernel launch per chunk
-    chunk_size = max(1, CHUNK_FLOATS // (DYCONV_CHANNELS * h * w)) if mask_feats.device.type == "cpu" else max(k, 1)
-    sizes, owners = [], []  # rows per chunk, and the image each chunk belongs to
-    for image, count in enumerate(torch.bincount(image_index, minlength=b).tolist()):
-        for start in range(0, count, chunk_size):
-            sizes.append(min(chunk_size, count - start))
-            owners.append(image)
-    inputs = {}  # image -> (c + 3, h*w): its prototypes, the grid x, the grid y, ones
-    chunks = []
-    for image, w0, w1, b1, w2, b2 in zip(owners, *[p.split(sizes) for p in params], strict=True):
-        if image not in inputs:
-            inputs[image] = torch.cat([mask_feats[image].reshape(c, h * w), grid.T, ones.T])
-        n = len(w0)
-        # ReLU before the reshape: in place on a view (the reshaped product), autograd would rebase the view's
-        # history and copy the activations in the backward, a quarter of this function's training time (chapter 09,
-        # section 8, the fifth trap)
-        x = (w0.reshape(-1, c + 3) @ inputs[image]).relu_().reshape(n, DYCONV_CHANNELS, h * w)  # (n, 8, h*w)
-        x = torch.baddbmm(b1[:, :, None], w1, x)  # (n, 8, h*w)
-        x = torch.baddbmm(b2[:, :, None], w2, x.relu_())  # (n, 1, h*w)
-        chunks.append(x[:, 0])
-    logits = torch.cat(chunks).to(dtype)  # (K, h*w); under autocast the products ran in bf16
-    if not in_order:
-        logits = logits[torch.argsort(order)]  # back to the callers' order
-    return logits.reshape(k, h, w)  # (K, h, w)
+    priors = priors.to(dtype)
+    relative = (priors[:, None, :2] - grid[None]) / (priors[:, None, 2:3] * 8)  # (K, h*w, 2)
+    x = torch.cat([relative.transpose(1, 2), mask_feats[image_index].reshape(k, c, h * w)], dim=1)  # (K, 10, h*w)
+    for layer, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
+        x = torch.einsum("koi,kip->kop", weight, x) + bias[:, :, None]  # (K, out, h*w)
+        if layer < len(weights) - 1:
+            x = x.relu()
+    return x.reshape(k, h, w)  # (K, h, w)

@@ -10,10 +10,7 @@ parameters and the ``MaskFeatModule`` making 8 prototype maps at stride 8. Faith
 **no box tower of its own**: box regression runs the cls tower a second time (mmdetection issue #9835).
 Because it is a second pass, in training the cls tower's BN running statistics get two momentum updates per
 step (effective momentum 1 - 0.9**2 = 0.19). ``separate_reg_tower=True`` builds the "fixed" head instead.
-The second pass gives the same features as the first (in training too: same input, same weights, same batch
-statistics), so ``single_cls_pass = True`` (chapter 09) reuses them instead of computing them again. In
-training it then updates the cls tower's BN running statistics twice per step, as the second pass would, so
-outputs, gradients and running statistics are those of the two-pass head at half the tower's cost.
+(The second pass computes the same features as the first; ``rtmdet_lesson.fast.cls_tower`` reuses them.)
 """
 
 from __future__ import annotations
@@ -25,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtmdet_lesson.blocks import BN_EPS, BN_MOMENTUM, ConvBNAct, cat_channels, silu
+from rtmdet_lesson.blocks import BN_EPS, BN_MOMENTUM, ConvBNAct
 from rtmdet_lesson.dynamic_mask import NUM_DYNAMIC_PARAMS, NUM_PROTOTYPES
 
 PRIOR_PROB = 0.01  # initial foreground probability of the classifier
@@ -69,24 +66,10 @@ class SharedConvTower(nn.Module):
             ]
         )
 
-    def forward(self, x: torch.Tensor, level: int, stat_updates: int = 1) -> torch.Tensor:
-        """``stat_updates``: in training, update the BN running statistics as if this pass ran that many times."""
+    def forward(self, x: torch.Tensor, level: int) -> torch.Tensor:
         for conv, norm in zip(self.convs, self.norms[level], strict=True):
-            x = silu(_batch_norm_counted(norm, conv(x), stat_updates))
+            x = F.silu(norm(conv(x)))
         return x
-
-
-def _batch_norm_counted(norm: nn.BatchNorm2d, x: torch.Tensor, updates: int) -> torch.Tensor:
-    """``norm(x)``, with the running statistics updated as by ``updates`` calls on ``x`` (chapter 09).
-
-    In training BN normalises with the batch's own statistics, so the extra calls only move the running
-    statistics; they run without autograd and cost one BN forward each, not a conv forward and backward.
-    """
-    if norm.training:
-        with torch.no_grad():
-            for _ in range(updates - 1):
-                norm(x)
-    return norm(x)
 
 
 def _init_head_weights(head: nn.Module, reg_bias: float) -> None:
@@ -129,16 +112,16 @@ class RTMDetSepBNHead(nn.Module):
         self.reg_tower = SharedConvTower(in_channels, feat, stacked_convs, levels) if separate_reg_tower else None
         self.rtm_cls = nn.ModuleList([nn.Conv2d(feat, num_classes, 1) for _ in range(levels)])
         self.rtm_reg = nn.ModuleList([nn.Conv2d(feat, 4, 1) for _ in range(levels)])
-        # no reg tower: reuse the cls features for boxes instead of a second pass (chapter 09; training sets it)
-        self.single_cls_pass = False
         _init_head_weights(self, reg_bias=0.0)
 
-    def reg_features(self, x: torch.Tensor, level: int, cls_feats: torch.Tensor | None = None) -> torch.Tensor:
-        """Box-branch features: the reg tower, else a second pass of the cls tower (or, with ``single_cls_pass``,
-        the first pass's ``cls_feats`` reused)."""
-        if self.reg_tower is not None:
-            return self.reg_tower(x, level)
-        return cls_feats if self.single_cls_pass and cls_feats is not None else self.cls_tower(x, level)
+    def reg_features(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """Box-branch features ``(B, feat, H_l, W_l)``: the reg tower, or without one a second pass through the cls
+        tower (the reference)."""
+        return self.reg_tower(x, level) if self.reg_tower is not None else self.cls_tower(x, level)
+
+    def tower_features(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features ``(B, feat, H_l, W_l)`` of the class branch and of the box branch on one level."""
+        return self.cls_tower(x, level), self.reg_features(x, level)
 
     def distances(self, reg: torch.Tensor, stride: int) -> torch.Tensor:
         """Raw box outputs -> (left, top, right, bottom) distances in pixels."""
@@ -146,10 +129,9 @@ class RTMDetSepBNHead(nn.Module):
 
     def level_outputs(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Class logits ``(B, C, H_l, W_l)`` and box distances ``(B, 4, H_l, W_l)`` of one level."""
-        reuse = self.single_cls_pass and self.reg_tower is None  # the box branch takes these features as well
-        cls_feats = self.cls_tower(x, level, stat_updates=2 if reuse else 1)  # (B, feat, H_l, W_l)
+        cls_feats, reg_feats = self.tower_features(x, level)  # (B, feat, H_l, W_l) each
         cls_score = self.rtm_cls[level](cls_feats)  # (B, C, H_l, W_l)
-        reg = self.rtm_reg[level](self.reg_features(x, level, cls_feats))  # (B, 4, H_l, W_l)
+        reg = self.rtm_reg[level](reg_feats)  # (B, 4, H_l, W_l)
         return cls_score, self.distances(reg, self.strides[level])
 
     def forward(self, feats: list[torch.Tensor]) -> HeadOutput:
@@ -174,7 +156,7 @@ class MaskFeatModule(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         size = feats[0].shape[-2:]
         resized = [feats[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats[1:]]
-        x = self.fusion_conv(cat_channels(resized))  # (B, feat, H/8, W/8)
+        x = self.fusion_conv(torch.cat(resized, dim=1))  # (B, feat, H/8, W/8)
         return self.projection(self.stacked_convs(x))  # (B, 8, H/8, W/8)
 
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from rtmdet_lesson.boxes import IOU_EPS, aligned_giou
 
 DICE_EPS = 5e-6  # the RTMDet-Ins configs' DiceLoss eps
-DICE_LOGIT_FLOOR = -30.0  # lower logits count as -30 in dice_loss: sigmoid(-30) = 9e-14, no denormal floats
 
 
 def quality_focal_loss(logits: Tensor, labels: Tensor, scores: Tensor, beta: float = 2.0) -> Tensor:
@@ -49,60 +47,12 @@ def dice_loss(mask_logits: Tensor, target_masks: Tensor, eps: float = DICE_EPS) 
     """V-Net Dice loss per instance, sigmoid applied inside. Chapter 06 builds it.
 
     mask_logits (K, h, w), target_masks (K, h, w) bool or float -> (K,) with
-    1 - 2 * sum(p * t) / (sum(p^2) + eps + sum(t^2) + eps), p = sigmoid(logits).
-
-    Logits below ``DICE_LOGIT_FLOOR`` (-30) count as -30 (chapter 09 section 8). A trained model's background
-    logits spread down to -100; between about -88 and -40 their sigmoid, its square or their gradients are
-    denormal floats, which a CPU computes on a slow path, and the backward carries them through the upsampling
-    and the dynamic convs: ~10 % of a training step. At the floor p = 9e-14, so the loss moves by less than 1e-9,
-    and the gradients it zeroes are below 1e-12 of the batch's largest, lost in fp32 rounding when the batch's
-    gradients are summed (the reference does not clamp; ``tests/test_losses.py`` compares the two).
-
-    The gradient is written by hand (``SigmoidDice``, chapter 09 section 8): the same loss and, to fp32
-    rounding, the same gradient as autograd through the formula, in fewer and cheaper passes over the maps.
+    1 - 2 * sum(p * t) / (sum(p^2) + eps + sum(t^2) + eps), p = sigmoid(logits) (mmdet's ``DiceLoss`` with
+    ``naive_dice=False``, mmdet/models/losses/dice_loss.py).
     """
     if mask_logits.shape != target_masks.shape:
         raise ValueError(f"mask_logits {tuple(mask_logits.shape)} and target_masks {tuple(target_masks.shape)} must "
                          "have the same (K, h, w) shape; resize or slice the targets to the logits' stride")
-    return SigmoidDice.apply(mask_logits, target_masks, eps)
-
-
-class SigmoidDice(torch.autograd.Function):
-    """``dice_loss`` with its gradient by hand: (K, h, w) logits, (K, h, w) targets -> (K,). Chapter 09.
-
-    With p = sigmoid(max(x, floor)), O = sum(p * t), D = sum(p^2) + sum(t^2) + 2 eps and loss = 1 - 2 O / D:
-
-        dloss/dp = -2 t / D + 4 O p / D^2,    dloss/dx = dloss/dp * p (1 - p) where x >= floor, else 0.
-
-    Autograd through the formula writes 13 maps of (K, h*w) numbers, forward and backward: the clamp, the sigmoid,
-    the targets' cast, three products, a product per factor and their sums, the sigmoid's gradient, the clamp's mask
-    and its select. This writes 10 (the sigmoid and two steps of the gradient in place, no t * t for bool targets)
-    and casts bool targets through uint8, ~5x faster than bool to float; it zeroes the gradient below the floor by a
-    product with a 0/1 float mask, ~5x faster than ``masked_fill_``: about half the time at K = 472 (chapter 09
-    section 8 times both).
-    """
-
-    @staticmethod
-    def forward(ctx, mask_logits: Tensor, target_masks: Tensor, eps: float) -> Tensor:
-        x = mask_logits.flatten(1)  # (K, h*w)
-        p = x.clamp(min=DICE_LOGIT_FLOOR).sigmoid_()  # (K, h*w)
-        t = target_masks.flatten(1)  # (K, h*w)
-        t = (t.view(torch.uint8) if t.dtype == torch.bool else t).to(p.dtype)
-        overlap = torch.linalg.vecdot(p, t)  # (K,) sum(p * t)
-        t_squares = t.sum(dim=1) if target_masks.dtype == torch.bool else torch.linalg.vecdot(t, t)  # (K,)
-        denominator = torch.linalg.vecdot(p, p) + eps + t_squares + eps  # (K,)
-        ctx.save_for_backward(x, p, t, overlap, denominator)
-        ctx.shape = mask_logits.shape
-        return 1 - 2 * overlap / denominator
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        x, p, t, overlap, denominator = ctx.saved_tensors
-        per_t = (-2 * grad / denominator)[:, None]  # (K, 1)
-        per_p = (4 * grad * overlap / denominator**2)[:, None]  # (K, 1)
-        grad_p = (p * per_p).addcmul_(t, per_t)  # (K, h*w) dloss/dp
-        grad_x = torch.ops.aten.sigmoid_backward(grad_p, p)  # dloss/dp * p * (1 - p) in one pass
-        # below the floor the clamp passes no gradient; as masked_fill_ would, but a zeroed negative one reads -0.0
-        grad_x.mul_(torch.ge(x, DICE_LOGIT_FLOOR, out=torch.empty_like(grad_x)))
-        return grad_x.view(ctx.shape), None, None
+    p = mask_logits.sigmoid().flatten(1)  # (K, h*w)
+    t = target_masks.flatten(1).to(p.dtype)  # (K, h*w)
+    return 1 - 2 * (p * t).sum(1) / ((p * p).sum(1) + eps + (t * t).sum(1) + eps)  # (K,)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rtmdet_lesson.blocks import ConvBNAct, CSPLayer, cat_channels, init_backbone_neck_weights
+from rtmdet_lesson.blocks import ConvBNAct, CSPLayer, init_backbone_neck_weights
 
 
 class CSPNeXtPAFPN(nn.Module):
@@ -41,10 +41,10 @@ class CSPNeXtPAFPN(nn.Module):
         c3, c4, c5 = feats
         # top-down: coarse semantics flow to fine maps
         r5 = self.reduce_layers[0](c5)  # (B, c4, H/32, W/32)
-        t4 = self.top_down_blocks[0](cat_channels([self.upsample(r5), c4]))  # (B, c4, H/16, W/16)
+        t4 = self.top_down_blocks[0](torch.cat([self.upsample(r5), c4], dim=1))  # (B, c4, H/16, W/16)
         r4 = self.reduce_layers[1](t4)  # (B, c3, H/16, W/16)
-        t3 = self.top_down_blocks[1](cat_channels([self.upsample(r4), c3]))  # (B, c3, H/8, W/8)
+        t3 = self.top_down_blocks[1](torch.cat([self.upsample(r4), c3], dim=1))  # (B, c3, H/8, W/8)
         # bottom-up: fine localisation flows back to coarse maps, joined with the reduced laterals
-        n4 = self.bottom_up_blocks[0](cat_channels([self.downsamples[0](t3), r4]))  # (B, c4, H/16, W/16)
-        n5 = self.bottom_up_blocks[1](cat_channels([self.downsamples[1](n4), r5]))  # (B, c5, H/32, W/32)
+        n4 = self.bottom_up_blocks[0](torch.cat([self.downsamples[0](t3), r4], dim=1))  # (B, c4, H/16, W/16)
+        n5 = self.bottom_up_blocks[1](torch.cat([self.downsamples[1](n4), r5], dim=1))  # (B, c5, H/32, W/32)
         return [conv(x) for conv, x in zip(self.out_convs, (t3, n4, n5), strict=True)]

@@ -11,14 +11,14 @@ _bbox_mask_post_process, mmdet/models/dense_heads/rtmdet_ins_head.py):
    letterbox's content region, bilinear resize to the original (H0, W0), sigmoid > ``mask_thr`` (computed
    as logit > log(t / (1 - t)), the same test without a sigmoid over millions of pixels).
 
-``mask_logits_to_original`` does step 4's resizing over the whole canvas, as chapter 08 derives it;
-``postprocess`` gets the same masks on a CPU from ``mask_resize.masks_to_original``, which only computes each
-instance's window where the mask can be on (chapter 09); on a GPU the whole canvas is faster.
+``decode_masks`` is step 4 as chapter 08 derives it; ``rtmdet_lesson.fast.mask_resize.decode_masks`` gives the
+same masks faster and ``optimize_for_inference``'s model passes it in.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -27,7 +27,6 @@ from pycocotools import mask as mask_utils
 
 from rtmdet_lesson.boxes import distance_to_box
 from rtmdet_lesson.dynamic_mask import dynamic_mask_logits
-from rtmdet_lesson.mask_resize import masks_to_original
 from rtmdet_lesson.nms import batched_nms
 from rtmdet_lesson.preprocess import Letterbox
 from rtmdet_lesson.priors import grid_priors
@@ -108,7 +107,7 @@ class Instances:
 def encode_masks(masks: torch.Tensor) -> list[dict]:
     """Bool masks (K, H, W) -> COCO RLE dicts with ``counts`` as str (JSON-ready)."""
     # pycocotools wants (H, W, K) uint8 in Fortran order, which is (K, W, H) in C order: one transposing copy in
-    # torch, then the bytes viewed as uint8 (2x faster than numpy's cast and asfortranarray)
+    # torch, then the bytes viewed as uint8
     array = masks.detach().cpu().transpose(1, 2).contiguous().view(torch.uint8).numpy().transpose(2, 1, 0)
     rles = mask_utils.encode(array) if masks.shape[0] else []
     return [{"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in rles]
@@ -131,7 +130,7 @@ def select_candidates(
     The ``nms_pre`` best pairs of a level all sit on the ``nms_pre`` priors with the best top class: a pair
     outside them would be beaten by the top class of each of those ``nms_pre`` priors. So the top-k runs over
     those priors' ``nms_pre x C`` pairs, not over all ``H_l x W_l x C`` (a 6400 x 80 level at 640: 512,000).
-    Chapter 09 times it; ``tests/test_postprocess.py`` checks it against the top-k over every pair.
+    ``tests/test_postprocess.py`` checks it against the top-k over every pair.
     """
     prior_index, labels, scores = [], [], []
     offset = 0
@@ -159,7 +158,7 @@ def gather_priors(maps: list[torch.Tensor], prior_index: torch.Tensor) -> torch.
     """The values at some priors of per-level maps ``[(D, H_l, W_l)]`` of one image -> ``(M, D)``.
 
     ``prior_index`` counts priors over the levels in order (as ``grid_priors`` rows); only the asked columns are
-    copied, not the whole (N, D) concatenation. Chapter 09 times it.
+    copied, not the whole (N, D) concatenation.
     """
     sizes = torch.tensor([m.shape[1] * m.shape[2] for m in maps], device=prior_index.device)
     starts = torch.cumsum(sizes, 0) - sizes  # (L,) first prior of each level
@@ -188,6 +187,31 @@ def mask_logits_to_original(logits: torch.Tensor, letterbox: Letterbox, mask_str
     return content[0]  # (K, H0, W0)
 
 
+def decode_masks(mask_feats: torch.Tensor, kernels: torch.Tensor, priors: torch.Tensor, letterbox: Letterbox,
+                 mask_thr: float, mask_stride: int = 8) -> torch.Tensor:
+    """Step 4 for one image's K kept instances: bool masks ``(K, H0, W0)`` on the original image. Chapter 08.
+
+    ``mask_feats (1, 8, h, w)`` the image's prototypes, ``kernels (K, 169)``, ``priors (K, 4)``. A pixel is on
+    where ``sigmoid(logit) > mask_thr``, tested as ``logit > log(t / (1 - t))``.
+    """
+    image_index = torch.zeros(len(kernels), dtype=torch.int64, device=kernels.device)  # all from this image
+    logits = dynamic_mask_logits(mask_feats, kernels, priors, image_index)  # (K, h, w) stride 8
+    logit_thr = math.log(mask_thr / (1 - mask_thr))
+    return mask_logits_to_original(logits, letterbox, mask_stride) > logit_thr  # (K, H0, W0)
+
+
+def check_letterboxes(cls_scores: list[torch.Tensor], letterboxes: list[Letterbox],
+                      strides: tuple[int, ...]) -> tuple[int, int]:
+    """The network input's ``(H, W)``, after checking one letterbox per image, each for that canvas."""
+    if len(letterboxes) != cls_scores[0].shape[0]:
+        raise ValueError(f"got {len(letterboxes)} letterboxes for a batch of {cls_scores[0].shape[0]} images")
+    h, w = cls_scores[0].shape[-2:]
+    canvas = (h * strides[0], w * strides[0])
+    if any(tuple(box.canvas_size) != canvas for box in letterboxes):
+        raise ValueError(f"the letterboxes' canvas sizes do not match the network input {canvas}")
+    return canvas
+
+
 def _empty(letterbox: Letterbox, with_mask: bool, like: torch.Tensor) -> Instances:
     h0, w0 = letterbox.original_size
     long = torch.zeros(0, dtype=torch.int64, device=like.device)
@@ -206,21 +230,18 @@ def postprocess(
     letterboxes: list[Letterbox],
     config: str | InferenceConfig = "eval",
     strides: tuple[int, ...] = (8, 16, 32),
+    mask_decoder: Callable = decode_masks,
 ) -> list[Instances]:
     """Raw ``HeadOutput`` of a batch -> one ``Instances`` per image (chapter 08 builds this step by step).
 
     ``letterboxes[i]`` says how image ``i`` was placed on the canvas. Works for detection-only outputs too
-    (``kernel_preds`` None: ``masks`` is None).
+    (``kernel_preds`` None: ``masks`` is None). ``mask_decoder`` computes step 4 (``decode_masks``'s arguments).
     """
     cfg = resolve_config(config)
     cls_scores, bbox_preds = outputs.cls_scores, outputs.bbox_preds
     with_mask = outputs.kernel_preds is not None and outputs.mask_feats is not None
-    if len(letterboxes) != cls_scores[0].shape[0]:
-        raise ValueError(f"got {len(letterboxes)} letterboxes for a batch of {cls_scores[0].shape[0]} images")
+    canvas = check_letterboxes(cls_scores, letterboxes, strides)
     sizes = [tuple(s.shape[-2:]) for s in cls_scores]
-    canvas = (sizes[0][0] * strides[0], sizes[0][1] * strides[0])
-    if any(tuple(box.canvas_size) != canvas for box in letterboxes):
-        raise ValueError(f"the letterboxes' canvas sizes do not match the network input {canvas}")
     priors = grid_priors(sizes, strides, device=bbox_preds[0].device, dtype=bbox_preds[0].dtype)  # (N, 4)
     results = []
     for i, letterbox in enumerate(letterboxes):
@@ -240,16 +261,8 @@ def postprocess(
             if keep.numel() == 0:
                 masks = torch.zeros(0, *letterbox.original_size, dtype=torch.bool, device=boxes.device)
             else:
-                logits = dynamic_mask_logits(
-                    outputs.mask_feats[i : i + 1],
-                    gather_priors([k[i] for k in outputs.kernel_preds], prior_index),  # (K, 169)
-                    priors[prior_index],  # (K, 4)
-                    torch.zeros_like(prior_index),  # all from this image
-                )  # (K, h, w) stride 8
-                if logits.device.type == "cpu":  # only each instance's window: fewer values, more small calls
-                    masks = masks_to_original(logits, letterbox, cfg.mask_thr, strides[0])  # (K, H0, W0) bool
-                else:  # a GPU resizes the whole canvas faster than it makes the window path's many small calls
-                    logit_thr = math.log(cfg.mask_thr / (1 - cfg.mask_thr))
-                    masks = mask_logits_to_original(logits, letterbox, strides[0]) > logit_thr  # (K, H0, W0)
+                kernels = gather_priors([k[i] for k in outputs.kernel_preds], prior_index)  # (K, 169)
+                masks = mask_decoder(outputs.mask_feats[i : i + 1], kernels, priors[prior_index], letterbox,
+                                     cfg.mask_thr, strides[0])  # (K, H0, W0) bool
         results.append(Instances(boxes, scores, labels, masks, letterbox, prior_index))
     return results

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from rtmdet_lesson.image_files import pil_to_rgb_array, read_rgb
-from rtmdet_lesson.postprocess import InferenceConfig, Instances, postprocess, resolve_config
+from rtmdet_lesson.postprocess import InferenceConfig, Instances, decode_masks, postprocess, resolve_config
 from rtmdet_lesson.preprocess import letterbox_image, normalize
 
 __all__ = ["Instances", "InferenceConfig", "default_canvas_size", "predict", "to_rgb_tensor"]
@@ -136,7 +136,9 @@ def predict(
         A list with one ``Instances`` per input image (a list even for a single image).
     """
     cfg = resolve_config(config, score_thr)
-    return run_on_images(model, images, lambda outputs, boxes, strides: postprocess(outputs, boxes, cfg, strides),
+    mask_decoder = getattr(model, "mask_decoder", decode_masks)  # an InferenceModel brings its faster one
+    return run_on_images(model, images,
+                         lambda outputs, boxes, strides: postprocess(outputs, boxes, cfg, strides, mask_decoder),
                          canvas_size, device, batch_size)
 
 

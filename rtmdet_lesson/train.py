@@ -35,10 +35,10 @@ from tqdm.auto import tqdm
 from rtmdet_lesson import distributed
 from rtmdet_lesson.checkpoint import save_checkpoint
 from rtmdet_lesson.evaluate import evaluate_model
+from rtmdet_lesson.fast import keep_freed_memory, low_precision_dtype, optimize_for_inference, prepare_for_training
 from rtmdet_lesson.preprocess import normalize
 from rtmdet_lesson.presets import build_model
 from rtmdet_lesson.runtime import seed_everything
-from rtmdet_lesson.speed import keep_freed_memory, low_precision_dtype, optimize_for_inference, prepare_for_training
 from rtmdet_lesson.train_config import AMP_DTYPES, TrainConfig, scaled_lr
 from rtmdet_lesson.train_data import build_datasets, build_loader, build_pipeline
 from rtmdet_lesson.train_log import JsonLog, check_positives, floats, fmt, say

@@ -12,9 +12,7 @@ from rtmdet_lesson.blocks import (
     CSPNeXtBlock,
     DepthwiseSeparableConv,
     SPPBottleneck,
-    cat_channels,
     init_backbone_neck_weights,
-    silu,
 )
 
 
@@ -112,52 +110,3 @@ def test_backbone_neck_init():
     bound = 1 / math.sqrt(w[0].numel())  # kaiming uniform with a = sqrt(5): U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     assert w.abs().max() <= bound and abs(w.std().item() - bound / math.sqrt(3)) < 0.1 * bound
     assert torch.all(layer.final_conv.bn.weight == 1) and torch.all(layer.final_conv.bn.bias == 0)
-
-
-def test_cat_channels_is_torch_cat_with_contiguous_channels_last_gradients():
-    torch.manual_seed(0)
-    parts = [torch.randn(2, c, 5, 7).contiguous(memory_format=torch.channels_last) for c in (3, 5, 2)]
-    leaves = [p.clone().requires_grad_() for p in parts]
-    out = cat_channels(leaves)
-    torch.testing.assert_close(out, torch.cat(parts, dim=1), rtol=0, atol=0)
-    upstream = torch.randn(2, 10, 5, 7).contiguous(memory_format=torch.channels_last)
-    out.backward(upstream)
-    for leaf, grad in zip(leaves, upstream.split([3, 5, 2], dim=1), strict=True):
-        torch.testing.assert_close(leaf.grad, grad, rtol=0, atol=0)
-        assert leaf.grad.is_contiguous(memory_format=torch.channels_last)  # a copy, not a strided slice
-
-
-def test_cat_channels_leaves_nchw_gradients_and_no_grad_calls_alone():
-    a, b = torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 1, 4, 4, requires_grad=True)
-    upstream = torch.randn(2, 4, 4, 4)
-    cat_channels([a, b]).backward(upstream)
-    torch.testing.assert_close(b.grad, upstream[:, 3:], rtol=0, atol=0)
-    with torch.no_grad():
-        assert cat_channels([a, b]).grad_fn is None
-
-
-def test_silu_works_in_place_only_without_autograd():
-    x = torch.randn(2, 3, 4, 4)
-    expected = F.silu(x)
-    assert silu(x) is x and torch.equal(x, expected)  # in place: no tensor to keep for a backward
-    leaf = torch.randn(2, 3, 4, 4, requires_grad=True)
-    y = leaf * 1
-    out = silu(y)
-    assert out is not y and torch.equal(out, F.silu(y))  # out of place: autograd needs no copy of y
-    out.sum().backward()
-    torch.testing.assert_close(leaf.grad, torch.sigmoid(leaf) * (1 + leaf * (1 - torch.sigmoid(leaf))))
-
-
-def test_channel_attention_gradient_equals_autograds_and_keeps_channels_last():
-    torch.manual_seed(0)
-    attention = ChannelAttention(6)
-    x = torch.randn(2, 6, 5, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
-    upstream = torch.randn(2, 6, 5, 7)
-    attention(x).backward(upstream)
-    reference = x.detach().clone().requires_grad_()
-    pooled = reference.mean(dim=(2, 3), keepdim=True)  # the textbook pool, autograd's own backward
-    (reference * attention.act(attention.fc(pooled))).backward(upstream)
-    torch.testing.assert_close(x.grad, reference.grad, rtol=1e-6, atol=1e-7)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = attention(x.detach().to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_())
-    assert y.dtype == torch.bfloat16

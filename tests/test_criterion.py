@@ -8,6 +8,8 @@ from rtmdet_lesson.assigner import DynamicSoftLabelAssigner, center_of_mass
 from rtmdet_lesson.boxes import aligned_giou, box_iou
 from rtmdet_lesson.criterion import compute_losses, flatten_levels, upsample_x2
 from rtmdet_lesson.dynamic_mask import dynamic_mask_logits
+from rtmdet_lesson.fast.losses import FAST_MASK_LOSS
+from rtmdet_lesson.fast.losses import upsample_x2 as fast_upsample_x2
 from rtmdet_lesson.head import HeadOutput
 from rtmdet_lesson.priors import grid_priors
 
@@ -172,9 +174,11 @@ def test_model_loss_end_to_end(preset, num_classes):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("upsample_x2", [upsample_x2, fast_upsample_x2], ids=["plain", "fast"])
 @pytest.mark.parametrize("shape", [(5, 40, 40), (3, 24, 40), (1, 1, 7)])
-def test_upsample_x2_is_bilinear_interpolation(shape):
-    """The mask loss's x2 as two matrix products equals F.interpolate (align_corners False), values and gradients."""
+def test_upsample_x2_is_bilinear_interpolation(shape, upsample_x2):
+    """The mask loss's x2 (and the fast one's two matrix products) equals F.interpolate (align_corners False),
+    values and gradients."""
     logits = torch.randn(shape, requires_grad=True)
     expected = F.interpolate(logits[None], scale_factor=2, mode="bilinear", align_corners=False)[0]
     got = upsample_x2(logits)
@@ -184,3 +188,29 @@ def test_upsample_x2_is_bilinear_interpolation(shape):
     (grad_got,) = torch.autograd.grad((got * weights).sum(), logits)
     torch.testing.assert_close(grad_got, grad_expected, rtol=1e-5, atol=1e-5)
     assert upsample_x2(torch.zeros(0, 8, 6)).shape == (0, 16, 12)  # no positives (F.interpolate refuses these)
+
+
+def test_the_fast_mask_loss_steps_give_the_plain_losses_and_gradients():
+    """compute_losses with rtmdet_lesson.fast.losses' steps (chunked dynamic head, matrix x2, floored Dice with
+    its hand gradient) against the plain steps, on a batch whose mask logits reach below the floor."""
+    from rtmdet_lesson.presets import build_model
+
+    torch.manual_seed(0)
+    model = build_model("course-sprites", num_classes=3).train()
+    x = torch.randn(2, 3, 64, 96)
+    mask = torch.zeros(2, 64, 96, dtype=torch.bool)
+    mask[0, 8:40, 10:50] = True
+    mask[1, 30:60, 40:90] = True
+    targets = [{"boxes": torch.tensor([[10.0, 8.0, 50.0, 40.0], [40.0, 30.0, 90.0, 60.0]]),
+                "labels": torch.tensor([0, 2]), "masks": mask}] * 2
+    out = model(x)
+    grads = []
+    for steps in (None, FAST_MASK_LOSS):
+        kwargs = {} if steps is None else {"mask_steps": steps}
+        losses = compute_losses(out, targets, (64, 96), **kwargs)
+        grads.append((losses, torch.autograd.grad(losses["loss_mask"], out.kernel_preds + [out.mask_feats])))
+    (plain, plain_grads), (fast, fast_grads) = grads
+    for name in ("loss_cls", "loss_bbox", "loss_mask"):
+        torch.testing.assert_close(fast[name], plain[name], rtol=1e-5, atol=1e-7)
+    for a, b in zip(fast_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()))

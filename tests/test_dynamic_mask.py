@@ -1,10 +1,12 @@
-"""The dynamic mask head (chapter 08) against a plain per-instance loop of three F.conv2d calls."""
+"""The dynamic mask head (chapter 08) and its chunked rewrite (chapter 09) against a per-instance loop of three
+F.conv2d calls."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from rtmdet_lesson.dynamic_mask import NUM_DYNAMIC_PARAMS, dynamic_mask_logits, split_dynamic_params
+from rtmdet_lesson.fast.dynamic_mask import dynamic_mask_logits as chunked_mask_logits
 
 
 def _loop_reference(mask_feats, kernels, priors, image_index):
@@ -87,12 +89,12 @@ def test_gradients_reach_kernels_and_prototypes():
     assert mask_feats.grad.abs().sum() > 0 and kernels.grad.abs().sum() > 0
 
 
-def test_training_graph_modifies_no_view_in_place():
+def test_chunked_training_graph_modifies_no_view_in_place():
     """An in-place op on a view makes autograd rebase the view (a ``CopySlices`` node, which copies the whole
-    activation in the backward); the layers' ReLUs must act on whole tensors (chapter 09, dynamic_mask.py)."""
+    activation in the backward); the chunked head's ReLUs must act on whole tensors."""
     mask_feats, kernels, priors, image_index = _inputs(k=12)
     kernels.requires_grad_(True)
-    nodes, stack = set(), [dynamic_mask_logits(mask_feats, kernels, priors, image_index).grad_fn]
+    nodes, stack = set(), [chunked_mask_logits(mask_feats, kernels, priors, image_index).grad_fn]
     while stack:
         node = stack.pop()
         if node is not None and node not in nodes:
@@ -112,7 +114,7 @@ def test_mismatched_instances_rejected():
 @pytest.mark.parametrize("sort", [False, True])
 def test_chunks_and_order_give_the_loops_values_and_gradients(monkeypatch, sort):
     """Chunks of 3 instances (forced) over 3 images; instances in random or sorted image order, one image empty."""
-    import rtmdet_lesson.dynamic_mask as dm
+    import rtmdet_lesson.fast.dynamic_mask as dm
 
     monkeypatch.setattr(dm, "CHUNK_FLOATS", 3 * 8 * 6 * 7)
     mask_feats, kernels, priors, _ = _inputs(k=11, b=4)
@@ -121,7 +123,7 @@ def test_chunks_and_order_give_the_loops_values_and_gradients(monkeypatch, sort)
         image_index = image_index.sort().values
     got_leaves = [mask_feats.clone().requires_grad_(), kernels.clone().requires_grad_()]
     ref_leaves = [mask_feats.clone().requires_grad_(), kernels.clone().requires_grad_()]
-    got = dynamic_mask_logits(got_leaves[0], got_leaves[1], priors, image_index)
+    got = chunked_mask_logits(got_leaves[0], got_leaves[1], priors, image_index)
     ref = _loop_reference(ref_leaves[0], ref_leaves[1], priors, image_index)
     torch.testing.assert_close(got, ref)
     upstream = torch.randn(got.shape, generator=torch.Generator().manual_seed(1))
@@ -129,3 +131,12 @@ def test_chunks_and_order_give_the_loops_values_and_gradients(monkeypatch, sort)
     ref.backward(upstream)
     for a, b in zip(got_leaves, ref_leaves, strict=True):
         torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("k", [0, 1, 40])
+def test_chunked_head_equals_the_plain_one(k):
+    mask_feats, kernels, priors, image_index = _inputs(k=k, b=3, h=12, w=10)
+    torch.testing.assert_close(chunked_mask_logits(mask_feats, kernels, priors, image_index),
+                               dynamic_mask_logits(mask_feats, kernels, priors, image_index))
+    with pytest.raises(ValueError, match="same K instances"):
+        chunked_mask_logits(mask_feats, kernels, priors[:, :3], image_index)

@@ -17,10 +17,10 @@ from rtmdet_lesson.checkpoint import load_checkpoint_model, save_checkpoint
 from rtmdet_lesson.data.coco import sprites_split
 from rtmdet_lesson.data.sprites import generate_sprites
 from rtmdet_lesson.deploy import DeployContract, export_onnx, load_onnx_model, output_names
+from rtmdet_lesson.fast import optimize_for_inference
 from rtmdet_lesson.predict import predict
 from rtmdet_lesson.preprocess import MEAN_BGR, PAD_VALUE, STD_BGR
 from rtmdet_lesson.presets import build_model
-from rtmdet_lesson.speed import optimize_for_inference
 
 SHIPPED = REPO_ROOT / "data" / "course-sprites.pth"
 TINY_CANVAS = 128  # small, so that the random RTMDet-Ins-tiny exports and runs in seconds

@@ -15,8 +15,8 @@ from torch import nn
 
 from rtmdet_lesson import train_state
 from rtmdet_lesson.checkpoint import load_checkpoint
+from rtmdet_lesson.fast import fold_batchnorm, low_precision_dtype, optimize_for_inference
 from rtmdet_lesson.presets import build_model
-from rtmdet_lesson.speed import fold_batchnorm, low_precision_dtype, optimize_for_inference
 from rtmdet_lesson.train import train
 
 CUDA = torch.cuda.is_available()

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from rtmdet_lesson.fast.losses import dice_loss as fast_dice_loss
 from rtmdet_lesson.losses import dice_loss, giou_loss, quality_focal_loss
 
 
@@ -75,8 +76,25 @@ def test_dice_hand_values():
     assert dice_loss(torch.full((1, 2, 2), -30.0), torch.zeros(1, 2, 2, dtype=torch.bool)).item() == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("dice", [dice_loss, fast_dice_loss], ids=["plain", "fast"])
+def test_dice_empty_input_and_finite_gradient(dice):
+    assert dice(torch.zeros(0, 4, 4), torch.zeros(0, 4, 4)).shape == (0,)
+    logits = torch.zeros(3, 5, 5, requires_grad=True)
+    dice(logits, torch.zeros(3, 5, 5, dtype=torch.bool)).sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("dice", [dice_loss, fast_dice_loss], ids=["plain", "fast"])
+def test_dice_names_mismatched_shapes(dice):
+    with pytest.raises(ValueError, match=r"same \(K, h, w\) shape"):
+        dice(torch.zeros(2, 8, 8), torch.zeros(2, 16, 16, dtype=torch.bool))
+
+
+# The fast Dice (rtmdet_lesson.fast.losses, chapter 09) against the plain formula
+
+
 def test_dice_floor_keeps_the_loss_and_gradients_of_a_confident_mask_without_denormals():
-    """A trained model's background logits lie between -100 and -35. The floor (chapter 09) changes nothing above
+    """A trained model's background logits lie between -100 and -35. The fast Dice's floor changes nothing above
     fp32 rounding, and where the unfloored gradient holds denormal floats (a CPU's slow path) it leaves none."""
     g = torch.Generator().manual_seed(0)
     foreground = torch.rand(6, 20, 20, generator=g) < 0.3
@@ -85,12 +103,8 @@ def test_dice_floor_keeps_the_loss_and_gradients_of_a_confident_mask_without_den
     logits[0, :2] = -35 + torch.rand(2, 20, generator=g) * 10  # a band around the floor, on both sides
     logits[1][foreground[1]] = -40.0  # a confidently missed object: its pixels lie below the floor too
 
-    def unfloored_dice(x, t, eps=5e-6):  # the reference's formula, with no floor
-        p, t = x.sigmoid().flatten(1), t.flatten(1).float()
-        return 1 - 2 * (p * t).sum(1) / ((p * p).sum(1) + eps + (t * t).sum(1) + eps)
-
     results = []
-    for fn in (unfloored_dice, dice_loss):
+    for fn in (dice_loss, fast_dice_loss):
         x = logits.clone().requires_grad_()
         loss = fn(x, foreground)
         loss.sum().backward()
@@ -109,15 +123,8 @@ def test_dice_floor_keeps_the_loss_and_gradients_of_a_confident_mask_without_den
     assert torch.equal(floored_grad[above], reference_grad[above])  # above the floor: the same numbers
 
 
-def test_dice_empty_input_and_finite_gradient():
-    assert dice_loss(torch.zeros(0, 4, 4), torch.zeros(0, 4, 4)).shape == (0,)
-    logits = torch.zeros(3, 5, 5, requires_grad=True)
-    dice_loss(logits, torch.zeros(3, 5, 5, dtype=torch.bool)).sum().backward()
-    assert torch.isfinite(logits.grad).all()
-
-
 def formula_dice(x, t, eps=5e-6):
-    """dice_loss as the plain formula, floor included, for autograd to differentiate (the hand gradient's check)."""
+    """The Dice formula with the fast Dice's floor, for autograd to differentiate (the hand gradient's check)."""
     p, t = x.clamp(min=-30).sigmoid().flatten(1), t.flatten(1).to(x.dtype)
     return 1 - 2 * (p * t).sum(1) / ((p * p).sum(1) + eps + (t * t).sum(1) + eps)
 
@@ -130,7 +137,7 @@ def test_dice_hand_gradient_passes_gradcheck_on_both_sides_of_the_floor(soft_tar
     targets = targets if soft_targets else targets < 0.4
     targets[3] = 0  # an instance whose target mask is empty
     assert (logits < -30).any() and (logits > 0).any()
-    assert torch.autograd.gradcheck(lambda x: dice_loss(x, targets), (logits,))
+    assert torch.autograd.gradcheck(lambda x: fast_dice_loss(x, targets), (logits,))
 
 
 def test_dice_hand_gradient_matches_autograd_through_the_formula():
@@ -142,7 +149,7 @@ def test_dice_hand_gradient_matches_autograd_through_the_formula():
     targets[3:] = torch.rand(2, 40, 30, generator=g) < 0.5
     logits = torch.where(targets, 5.0, -60.0) + torch.randn(5, 40, 30, generator=g) * 15
     results = []
-    for fn in (formula_dice, dice_loss):
+    for fn in (formula_dice, fast_dice_loss):
         x = logits.clone().requires_grad_()
         loss = fn(x, targets)
         (loss * torch.arange(1.0, 6.0)).sum().backward()  # a different weight per instance
@@ -151,8 +158,3 @@ def test_dice_hand_gradient_matches_autograd_through_the_formula():
     torch.testing.assert_close(hand, reference, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(hand_grad, reference_grad, rtol=1e-5, atol=1e-6 * float(reference_grad.abs().max()))
     assert torch.equal(hand_grad == 0, reference_grad == 0)  # zero exactly where the floor cuts the gradient
-
-
-def test_dice_names_mismatched_shapes():
-    with pytest.raises(ValueError, match=r"same \(K, h, w\) shape"):
-        dice_loss(torch.zeros(2, 8, 8), torch.zeros(2, 16, 16, dtype=torch.bool))

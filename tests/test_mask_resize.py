@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rtmdet_lesson.mask_resize import axis_matrix, interpolation_matrix, masks_to_original
+from rtmdet_lesson.fast.mask_resize import axis_matrix, interpolation_matrix, masks_to_original
 from rtmdet_lesson.postprocess import mask_logits_to_original
 from rtmdet_lesson.preprocess import letterbox_geometry
 

@@ -13,7 +13,7 @@ from rtmdet_lesson.checkpoint import load_checkpoint_model
 from rtmdet_lesson.data.coco import sprites_split
 from rtmdet_lesson.data.sprites import generate_sprites
 from rtmdet_lesson.evaluate import evaluate_coco
-from rtmdet_lesson.speed import low_precision_dtype, optimize_for_inference
+from rtmdet_lesson.fast import low_precision_dtype, optimize_for_inference
 
 CHECKPOINT, RECORD = shipped("course-sprites")
 TOLERANCE = 0.01  # AP moves in the third decimal with thread count and CPU; a real regression moves more

@@ -1,5 +1,7 @@
-"""The inference fast path gives the plain model's answers; the training speed-ups keep the computation (chapter 09)."""
+"""rtmdet_lesson.fast: the inference fast path gives the plain model's answers; the training rewrites keep the
+computation (chapter 09)."""
 
+import copy
 import shutil
 import subprocess
 import sys
@@ -10,21 +12,28 @@ from conftest import REPO_ROOT
 from torch import nn
 
 from rtmdet_lesson import build_model
-from rtmdet_lesson.blocks import ConvBNAct
+from rtmdet_lesson.blocks import ChannelAttention, ConvBNAct, CSPLayer, SPPBottleneck
 from rtmdet_lesson.checkpoint import load_checkpoint_model
 from rtmdet_lesson.criterion import compute_losses
 from rtmdet_lesson.data.sprites import render_sample
-from rtmdet_lesson.speed import (
+from rtmdet_lesson.fast import (
     SPEEDS,
-    DepthwiseConvFp32,
     InferenceModel,
     SpeedOptions,
-    ToChannelsLast,
     fold_batchnorm,
     fold_conv_bn,
     optimize_for_inference,
     prepare_for_training,
 )
+from rtmdet_lesson.fast.cls_tower import use_one_cls_pass
+from rtmdet_lesson.fast.training import (
+    CHANNELS_LAST_BLOCKS,
+    DepthwiseConvFp32,
+    ToChannelsLast,
+    cat_channels,
+)
+from rtmdet_lesson.head import MaskFeatModule
+from rtmdet_lesson.neck import CSPNeXtPAFPN
 
 
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -106,7 +115,7 @@ def test_exact_speedups_equal_the_plain_eval_outputs(preset, speed):
 def test_single_cls_pass_is_bit_identical_in_eval():
     model = randomise_batchnorm(build_model("course-sprites"))
     once = optimize_for_inference(model, SpeedOptions(single_cls_pass=True))
-    assert once.network.head.single_cls_pass and not model.head.single_cls_pass
+    assert once.network.head.single_cls_pass and not getattr(model.head, "single_cls_pass", False)
     x = torch.randn(1, 3, 64, 96)
     with torch.inference_mode():
         for a, b in zip(flat_outputs(once(x)), flat_outputs(model(x)), strict=True):
@@ -120,7 +129,7 @@ def test_single_cls_pass_in_training_keeps_outputs_gradients_and_batchnorm_stati
     twice = build_model("course-sprites", num_classes=5).train()
     once = build_model("course-sprites", num_classes=5).train()
     once.load_state_dict(twice.state_dict())
-    once.head.single_cls_pass = True
+    use_one_cls_pass(once.head)
     x = torch.randn(2, 3, 64, 96)  # non-square
     targets = [{"boxes": torch.tensor([[4.0, 4.0, 40.0, 30.0]]), "labels": torch.tensor([1]),
                 "masks": torch.zeros(1, 64, 96, dtype=torch.bool).index_fill_(1, torch.arange(4, 30), True)}] * 2
@@ -210,9 +219,10 @@ def test_prepare_for_training_keeps_keys_and_the_fp32_computation():
     stem = prepared.backbone.stem  # NCHW up to the stem's last conv
     assert stem[0].conv.weight.is_contiguous() and stem[1].conv.weight.is_contiguous()
     assert stem[2].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert type(prepared.neck).__name__ == "ChannelsLastPAFPN" and type(plain.neck).__name__ == "CSPNeXtPAFPN"
     x = torch.randn(2, 3, 64, 64)
     targets = one_object_targets()
-    losses = [compute_losses(m(x), targets, (64, 64)) for m in (plain, prepared)]
+    losses = [plain.loss(x, targets), prepared.loss(x, targets)]  # prepared: the fast mask loss's steps as well
     for name in ("loss_cls", "loss_bbox", "loss_mask"):
         torch.testing.assert_close(losses[1][name], losses[0][name], rtol=1e-4, atol=1e-6)
     for loss in losses:
@@ -256,7 +266,7 @@ def test_a_training_step_runs_under_cpu_bf16_autocast_with_the_fast_settings():
 
 FREE_AND_REALLOCATE = """
 import resource, sys, torch
-from rtmdet_lesson.speed import keep_freed_memory
+from rtmdet_lesson.fast import keep_freed_memory
 if sys.argv[1] == "keep" and not keep_freed_memory():
     print("unsupported")
     sys.exit()
@@ -296,3 +306,83 @@ def test_compile_gives_the_same_outputs():
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
         assert max_relative_error(compiled(x), model(x)) < 1e-4
+
+
+def test_cat_channels_is_torch_cat_with_contiguous_channels_last_gradients():
+    torch.manual_seed(0)
+    parts = [torch.randn(2, c, 5, 7).contiguous(memory_format=torch.channels_last) for c in (3, 5, 2)]
+    leaves = [p.clone().requires_grad_() for p in parts]
+    out = cat_channels(leaves)
+    torch.testing.assert_close(out, torch.cat(parts, dim=1), rtol=0, atol=0)
+    upstream = torch.randn(2, 10, 5, 7).contiguous(memory_format=torch.channels_last)
+    out.backward(upstream)
+    for leaf, grad in zip(leaves, upstream.split([3, 5, 2], dim=1), strict=True):
+        torch.testing.assert_close(leaf.grad, grad, rtol=0, atol=0)
+        assert leaf.grad.is_contiguous(memory_format=torch.channels_last)  # a copy, not a strided slice
+
+
+def test_cat_channels_leaves_nchw_gradients_and_no_grad_calls_alone():
+    a, b = torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 1, 4, 4, requires_grad=True)
+    upstream = torch.randn(2, 4, 4, 4)
+    cat_channels([a, b]).backward(upstream)
+    torch.testing.assert_close(b.grad, upstream[:, 3:], rtol=0, atol=0)
+    with torch.no_grad():
+        assert cat_channels([a, b]).grad_fn is None
+
+
+def test_channel_attention_gradient_equals_autograds_and_keeps_channels_last():
+    torch.manual_seed(0)
+    attention = ChannelAttention(6)
+    attention.__class__ = CHANNELS_LAST_BLOCKS[ChannelAttention]
+    x = torch.randn(2, 6, 5, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
+    upstream = torch.randn(2, 6, 5, 7)
+    attention(x).backward(upstream)
+    reference = x.detach().clone().requires_grad_()
+    pooled = reference.mean(dim=(2, 3), keepdim=True)  # the textbook pool, autograd's own backward
+    (reference * attention.act(attention.fc(pooled))).backward(upstream)
+    torch.testing.assert_close(x.grad, reference.grad, rtol=1e-6, atol=1e-7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attention(x.detach().to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_())
+    assert y.dtype == torch.bfloat16
+
+
+def test_channels_last_blocks_equal_the_lesson_blocks_in_training():
+    """Each swapped block (torch.cat -> cat_channels, the mean -> PixelMean) gives the lesson block's outputs and
+    gradients, in channels-last memory."""
+    torch.manual_seed(0)
+    blocks = [CSPLayer(8, 8, 1, channel_attention=True), SPPBottleneck(8, 8), CSPNeXtPAFPN((8, 16, 32), 8, 1),
+              MaskFeatModule(8, 8, stacked_convs=1)]
+    for plain in blocks:
+        fast = copy.deepcopy(plain)
+        for module in fast.modules():
+            if type(module) in CHANNELS_LAST_BLOCKS:
+                module.__class__ = CHANNELS_LAST_BLOCKS[type(module)]
+        plain.train().to(memory_format=torch.channels_last)
+        fast.train().to(memory_format=torch.channels_last)
+        sizes = {CSPNeXtPAFPN: [(8, 16, 16), (16, 8, 8), (32, 4, 4)],
+                 MaskFeatModule: [(8, 16, 16), (8, 8, 8), (8, 4, 4)]}.get(type(plain), [(8, 16, 16)])
+        inputs = [torch.randn(2, *size).contiguous(memory_format=torch.channels_last) for size in sizes]
+        results = []
+        for module in (plain, fast):
+            leaves = [t.clone().requires_grad_() for t in inputs]
+            out = module(leaves if len(leaves) > 1 else leaves[0])
+            outs = out if isinstance(out, list) else [out]
+            sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+            results.append((outs, [leaf.grad for leaf in leaves]))
+        for a, b in zip(results[1][0] + results[1][1], results[0][0] + results[0][1], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_the_fast_mask_decoder_gives_chapter_08s_masks():
+    from rtmdet_lesson.fast.mask_resize import decode_masks as fast_decode_masks
+    from rtmdet_lesson.postprocess import decode_masks
+    from rtmdet_lesson.preprocess import letterbox_geometry
+
+    g = torch.Generator().manual_seed(0)
+    mask_feats = torch.randn(1, 8, 12, 16, generator=g)
+    kernels = torch.randn(30, 169, generator=g) * 0.5
+    priors = torch.tensor([[40.0, 32.0, 8.0, 8.0]]).repeat(30, 1) + torch.randint(0, 8, (30, 1), generator=g) * 8
+    letterbox = letterbox_geometry((70, 100), (96, 128))
+    fast, plain = (fn(mask_feats, kernels, priors, letterbox, 0.5, 8) for fn in (fast_decode_masks, decode_masks))
+    assert fast.shape == plain.shape == (30, 70, 100)
+    assert (fast != plain).float().mean() < 1e-4  # only pixels with a logit at the threshold may differ

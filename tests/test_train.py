@@ -20,7 +20,7 @@ from rtmdet_lesson import criterion, train_log
 from rtmdet_lesson.checkpoint import load_checkpoint, load_checkpoint_model
 from rtmdet_lesson.cli import build_parser, config_from_args, setting_docs
 from rtmdet_lesson.cli import main as cli
-from rtmdet_lesson.speed import low_precision_dtype
+from rtmdet_lesson.fast import low_precision_dtype
 from rtmdet_lesson.train import TrainConfig, scaled_lr, train
 
 

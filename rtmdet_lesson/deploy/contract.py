@@ -51,7 +51,7 @@ class DeployContract:
     dynamic_batch: bool
     batch: int | None
     label_to_category_id: dict[int, int] | None = None
-    network: str = "exact"  # rtmdet_lesson.speed: BatchNorm folded, the Ins head's cls tower run once
+    network: str = "exact"  # rtmdet_lesson.fast: BatchNorm folded, the Ins head's cls tower run once
     input_name: str = INPUT_NAME
     input_layout: str = "(B, 3, H, W) float32, H and W the canvas"
     channel_order: str = "BGR"

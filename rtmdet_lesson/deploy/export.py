@@ -25,8 +25,8 @@ import rtmdet_lesson
 from rtmdet_lesson.checkpoint import load_checkpoint, model_from_checkpoint
 from rtmdet_lesson.deploy.contract import INPUT_NAME, DeployContract, output_names
 from rtmdet_lesson.deploy.extra import import_extra
+from rtmdet_lesson.fast import InferenceModel, SpeedOptions, optimize_for_inference
 from rtmdet_lesson.model import SIZE_DIVISOR, RTMDet
-from rtmdet_lesson.speed import InferenceModel, SpeedOptions, optimize_for_inference
 
 __all__ = ["EXPORTED_SPEED", "add_export_arguments", "export_onnx", "main"]
 
@@ -134,7 +134,7 @@ def export_onnx(
     Returns:
         The path written.
 
-    Which network: the ``exact`` one of chapter 09 (``speed.optimize_for_inference``), not the model as built.
+    Which network: the ``exact`` one of chapter 09 (``fast.optimize_for_inference``), not the model as built.
     Its outputs equal the plain network's to float rounding (``tests/test_export.py`` checks 1e-4 relative
     against the plain model), and it gives the simpler graph without relying on the exporter's optimiser: every
     BatchNorm folded into its conv and the Ins head's cls tower run once. Exported as built, the graph keeps the

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from rtmdet_lesson.assigner import pad_targets
-from rtmdet_lesson.criterion import flatten_levels, normaliser
+from rtmdet_lesson.criterion import check_batch, check_labels, flatten_levels, level_strides, normaliser
 from rtmdet_lesson.losses import quality_focal_loss
 from rtmdet_lesson.priors import grid_priors
 from rtmdet_lesson.rotated.assigner import RotatedDynamicSoftLabelAssigner
@@ -39,32 +39,21 @@ def rotated_iou_loss(pred: Tensor, target: Tensor, eps: float = IOU_LOSS_EPS) ->
 
 def check_rotated_targets(targets: list[dict], batch_size: int, num_classes: int) -> None:
     """Raise a ValueError naming the problem and the fix for targets the rotated losses cannot use."""
-    if not isinstance(targets, (list, tuple)) or len(targets) != batch_size:
-        got = len(targets) if isinstance(targets, (list, tuple)) else type(targets).__name__
-        raise ValueError(f"targets must be a list with one dict per image ({batch_size}), got {got}")
+    check_batch(targets, batch_size)
     for i, t in enumerate(targets):
         where = f"targets[{i}]"
         if not isinstance(t, dict) or not all(isinstance(t.get(k), Tensor) for k in ("rboxes", "labels")):
             raise ValueError(f"{where} needs tensors 'rboxes' (G, 5) cx, cy, w, h, angle and 'labels' (G,)")
-        rboxes, labels = t["rboxes"], t["labels"]
+        rboxes = t["rboxes"]
         if not rboxes.is_floating_point() or rboxes.ndim != 2 or rboxes.shape[1] != 5:
             raise ValueError(f"{where}['rboxes'] must be float (G, 5) as cx, cy, w, h, angle (radians), got "
                              f"{rboxes.dtype} {tuple(rboxes.shape)}; convert with rboxes.float() and reshape(-1, 5)")
-        if labels.dtype != torch.int64 or labels.shape != (len(rboxes),):
-            raise ValueError(f"{where}['labels'] must be int64 of shape ({len(rboxes)},), got {labels.dtype} "
-                             f"{tuple(labels.shape)}; convert with labels.long()")
-        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(f"{where}['labels'] must lie in 0..{num_classes - 1}, got {labels.min().item()}.."
-                             f"{labels.max().item()}; build the model with the right num_classes")
+    check_labels(targets, num_classes, count_key="rboxes")
 
 
 def decode_rboxes(outputs: RotatedHeadOutput, image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
     """All priors ``(N, 4)`` (x, y, stride, stride) and their decoded boxes ``(B, N, 5)`` (float32, no clipping)."""
-    feature_sizes = [tuple(m.shape[-2:]) for m in outputs.cls_scores]
-    strides = [image_size[0] // h for h, _ in feature_sizes]
-    if any(h * s != image_size[0] or w * s != image_size[1] for (h, w), s in zip(feature_sizes, strides, strict=True)):
-        raise ValueError(f"feature maps {feature_sizes} do not divide image_size {tuple(image_size)}; pass the "
-                         "(H, W) of the batch the outputs were computed from")
+    feature_sizes, strides = level_strides(outputs.cls_scores, image_size)
     distances = flatten_levels(outputs.bbox_preds).float()  # (B, N, 4)
     angles = flatten_levels(outputs.angle_preds).float()[..., 0]  # (B, N)
     priors = grid_priors(feature_sizes, strides, device=distances.device)  # (N, 4)

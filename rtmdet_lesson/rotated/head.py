@@ -58,8 +58,7 @@ class RotatedRTMDetSepBNHead(RTMDetSepBNHead):
 
     def level_outputs(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits ``(B, C, H_l, W_l)``, distances ``(B, 4, H_l, W_l)`` and angles ``(B, 1, H_l, W_l)`` of one level."""
-        cls_feats = self.cls_tower(x, level)  # (B, feat, H_l, W_l)
-        reg_feats = self.reg_tower(x, level)  # (B, feat, H_l, W_l)
+        cls_feats, reg_feats = self.tower_features(x, level)  # (B, feat, H_l, W_l) each
         distances = self.distances(self.rtm_reg[level](reg_feats), self.strides[level])  # (B, 4, H_l, W_l)
         return self.rtm_cls[level](cls_feats), distances, self.rtm_ang[level](reg_feats)
 

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 
 import torch
 
-from rtmdet_lesson.postprocess import InferenceConfig, gather_priors, resolve_config, select_candidates
+from rtmdet_lesson.postprocess import (
+    InferenceConfig,
+    check_letterboxes,
+    gather_priors,
+    resolve_config,
+    select_candidates,
+)
 from rtmdet_lesson.preprocess import Letterbox
 from rtmdet_lesson.priors import grid_priors
 from rtmdet_lesson.rotated.coder import distance_angle_to_rbox
@@ -89,12 +95,8 @@ def rotated_postprocess(
     cls_scores, bbox_preds, angle_preds = outputs.cls_scores, outputs.bbox_preds, outputs.angle_preds
     if angle_preds is None:
         raise ValueError("these outputs have no angle_preds; rotated_postprocess needs an RTMDet-R model's outputs")
-    if len(letterboxes) != cls_scores[0].shape[0]:
-        raise ValueError(f"got {len(letterboxes)} letterboxes for a batch of {cls_scores[0].shape[0]} images")
+    check_letterboxes(cls_scores, letterboxes, strides)
     sizes = [tuple(s.shape[-2:]) for s in cls_scores]
-    canvas = (sizes[0][0] * strides[0], sizes[0][1] * strides[0])
-    if any(tuple(box.canvas_size) != canvas for box in letterboxes):
-        raise ValueError(f"the letterboxes' canvas sizes do not match the network input {canvas}")
     priors = grid_priors(sizes, strides, device=bbox_preds[0].device, dtype=bbox_preds[0].dtype)  # (N, 4)
     results = []
     for i, letterbox in enumerate(letterboxes):

@@ -2,7 +2,7 @@
 
 Chapter 08 resizes every instance's logits over the whole canvas (``postprocess.mask_logits_to_original``):
 bilinear x8, crop the letterbox's content, bilinear to ``(H0, W0)``, threshold. For 100 instances at 640 that
-is 100 x 640 x 640 interpolated values, more time than the network's fast forward.
+is 100 x 640 x 640 interpolated values, on a CPU often more time than the network's forward.
 
 Two facts make it cheap without changing the answer:
 
@@ -19,7 +19,8 @@ windows round up to the same power-of-two size share those products as two batch
 size (a window may grow past its instance's, where the values are exact too), so 100 instances cost a few
 batched calls, not 200 small ones. The values inside a window equal the full computation up to float rounding
 (summation order); outside it they are provably below the threshold. ``tests/test_mask_resize.py`` checks both
-against the chapter 08 path.
+against the chapter 08 path. On a GPU the whole-canvas resize is one big call and the windows' many small calls
+cost more, so ``decode_masks`` uses the windows on a CPU only.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from rtmdet_lesson.fast.dynamic_mask import dynamic_mask_logits
+from rtmdet_lesson.postprocess import mask_logits_to_original
 from rtmdet_lesson.preprocess import Letterbox
 
 WINDOW_FLOATS = 2**18  # window values computed per batched product (1 MiB of fp32): a few big windows or many small
@@ -38,7 +41,6 @@ def interpolation_matrix(in_size: int, out_size: int, dtype=torch.float32, devic
     """``(out_size, in_size)`` weights of 1-D bilinear resizing (align_corners False), as ``F.interpolate`` uses.
 
     Resizing a signal ``v (in_size,)`` gives ``matrix @ v``. Built by resizing an identity matrix along one axis.
-    Chapter 09 builds it.
     """
     eye = torch.eye(in_size, dtype=dtype, device=device)[None, None]  # (1, 1, in, in)
     return F.interpolate(eye, size=(out_size, in_size), mode="bilinear", align_corners=False)[0, 0]  # (out, in)
@@ -47,7 +49,7 @@ def interpolation_matrix(in_size: int, out_size: int, dtype=torch.float32, devic
 def axis_matrix(low: int, stride: int, start: int, length: int, original: int, dtype=torch.float32,
                 device=None) -> torch.Tensor:
     """One axis of chapter 08's chain: x ``stride`` to the canvas, keep ``[start, start + length)``, resize to
-    ``original``. ``(original, low)``. Chapter 09."""
+    ``original``. ``(original, low)``."""
     matrix = interpolation_matrix(low, low * stride, dtype, device)[start : start + length]  # (length, low)
     if length != original:
         matrix = F.interpolate(matrix[None, None], size=(original, low), mode="bilinear", align_corners=False)[0, 0]
@@ -64,7 +66,7 @@ def masks_to_original(logits: torch.Tensor, letterbox: Letterbox, mask_thr: floa
     """Stride-8 mask logits ``(K, h, w)`` on the canvas -> bool masks ``(K, H0, W0)`` on the original image.
 
     The same masks as ``postprocess.mask_logits_to_original(logits, letterbox) > logit(mask_thr)``, computed
-    only in each instance's window (module doc). Chapter 09.
+    only in each instance's window (module doc).
     """
     k, h, w = logits.shape
     h0, w0 = letterbox.original_size
@@ -108,6 +110,18 @@ def masks_to_original(logits: torch.Tensor, letterbox: Letterbox, mask_thr: floa
             for i, y, x, on_pixels in windows:
                 masks[i, y : y + wh, x : x + ww] = on_pixels
     return masks
+
+
+def decode_masks(mask_feats: torch.Tensor, kernels: torch.Tensor, priors: torch.Tensor, letterbox: Letterbox,
+                 mask_thr: float, mask_stride: int = 8) -> torch.Tensor:
+    """``postprocess.decode_masks`` with the chunked dynamic head and, on a CPU, the windowed resize: ``(K, H0, W0)``
+    bool masks of one image's K instances."""
+    image_index = torch.zeros(len(kernels), dtype=torch.int64, device=kernels.device)  # all from this image
+    logits = dynamic_mask_logits(mask_feats, kernels, priors, image_index)  # (K, h, w) stride 8
+    if logits.device.type == "cpu":
+        return masks_to_original(logits, letterbox, mask_thr, mask_stride)
+    logit_thr = math.log(mask_thr / (1 - mask_thr))
+    return mask_logits_to_original(logits, letterbox, mask_stride) > logit_thr
 
 
 def _next_power_of_two(n: torch.Tensor) -> torch.Tensor:

@@ -1,53 +1,36 @@
-"""The inference fast path and the training speed-ups, each a named switch (chapter 09).
+"""The inference fast path: an eval-only copy of the model that gives the same answers faster (chapter 09).
 
-Inference: ``optimize_for_inference(model, speed)`` returns an eval-only copy that gives the same answers
-faster. ``speed`` is one switch; each level adds pieces to the one before:
+``optimize_for_inference(model, speed)`` applies pieces chosen by one switch; each level adds to the one before:
 
 ==========  ==================================================================================================
 ``plain``   the model as built (the reference's computation, op for op)
 ``exact``   BatchNorm folded into the conv before it; the Ins head's cls tower run once where the reference
-            runs it twice (its box branch re-runs the same tower); channels-last memory on CPU and CUDA.
-            Raw outputs equal ``plain`` to float rounding (tested to 1e-4 relative). **The default.**
+            runs it twice (``fast.cls_tower``); channels-last memory on CPU and CUDA. Raw outputs equal
+            ``plain`` to float rounding (tested to 1e-4 relative). **The default.**
 ``fast``    ``exact`` + bf16 autocast on CPUs with bf16 units (AMX / AVX-512 BF16) and on CUDA (fp16 on
             CUDA without bf16). Boxes and masks move by rounding; COCO AP stays within 0.01 (tested).
 ``compile`` ``fast`` + ``torch.compile`` (a one-off compile of a minute or more; needs a C++ compiler on CPU)
 ==========  ==================================================================================================
 
-Training: ``prepare_for_training(model, channels_last, amp_dtype, single_cls_pass)`` runs the Ins head's cls
-tower once per step (exact, on by default: the BNs still get the second pass's statistics update), sets
-channels-last memory from the stem's last conv on (its first two, on 8 channels in the course preset, train
-faster in NCHW) and, under CPU bf16 autocast, keeps the depthwise 5x5 convs in fp32, whose bf16 backward is slower
-than fp32's on oneDNN. ``keep_freed_memory()`` stops glibc from handing freed activations back to the operating
-system between steps (``train`` calls it for every run).
-Weights and state_dict keys are unchanged; ``benchmarks/bench_speed.py`` measures each piece.
+Every level also decodes masks with ``fast.mask_resize.decode_masks`` (the same masks as chapter 08's).
+Weights and state_dict keys are unchanged.
 """
 
 from __future__ import annotations
 
 import copy
-import ctypes
-import sys
 import warnings
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from rtmdet_lesson.blocks import ConvBNAct, silu
+from rtmdet_lesson.blocks import ConvBNAct
+from rtmdet_lesson.fast.cls_tower import use_one_cls_pass
+from rtmdet_lesson.fast.mask_resize import decode_masks
 from rtmdet_lesson.head import HeadOutput, SharedConvTower
 from rtmdet_lesson.model import check_input
-
-__all__ = [
-    "SPEEDS",
-    "SpeedOptions",
-    "InferenceModel",
-    "fold_conv_bn",
-    "fold_batchnorm",
-    "keep_freed_memory",
-    "low_precision_dtype",
-    "optimize_for_inference",
-    "prepare_for_training",
-]
 
 
 @dataclass(frozen=True)
@@ -94,10 +77,9 @@ class FoldedConvTower(nn.Module):
              for norms in tower.norms]
         )
 
-    def forward(self, x: torch.Tensor, level: int, stat_updates: int = 1) -> torch.Tensor:
-        """``stat_updates`` is accepted for the head's sake; a folded tower has no statistics to update."""
+    def forward(self, x: torch.Tensor, level: int) -> torch.Tensor:
         for conv in self.levels[level]:
-            x = silu(conv(x))
+            x = F.silu(conv(x))
         return x
 
 
@@ -138,8 +120,11 @@ class InferenceModel(nn.Module):
     """An eval-only network behind the fast path: takes and returns what ``RTMDet`` does. Chapter 09.
 
     ``forward(x (B, 3, H, W) fp32) -> HeadOutput`` with fp32 contiguous outputs, whatever runs inside, so
-    ``postprocess``, ``predict`` and ``evaluate_coco`` take it in place of the model.
+    ``postprocess``, ``predict`` and ``evaluate_coco`` take it in place of the model. ``mask_decoder`` is the
+    step that ``predict`` hands to ``postprocess`` for this model's masks.
     """
+
+    mask_decoder = staticmethod(decode_masks)
 
     def __init__(self, network: nn.Module, options: SpeedOptions, amp_dtype: torch.dtype | None):
         super().__init__()
@@ -191,9 +176,8 @@ def optimize_for_inference(model: nn.Module, speed: str | SpeedOptions = "exact"
     network = copy.deepcopy(model).to(device).eval()
     if speed.fold_bn:
         fold_batchnorm(network)
-    head = getattr(network, "head", None)
-    if speed.single_cls_pass and head is not None and hasattr(head, "single_cls_pass"):
-        head.single_cls_pass = True
+    if speed.single_cls_pass and hasattr(network, "head"):
+        use_one_cls_pass(network.head)
     if speed.channels_last and device.type in ("cpu", "cuda"):
         network = network.to(memory_format=torch.channels_last)
     else:
@@ -205,89 +189,3 @@ def optimize_for_inference(model: nn.Module, speed: str | SpeedOptions = "exact"
     for p in network.parameters():
         p.requires_grad_(False)
     return InferenceModel(network, speed, amp_dtype)
-
-
-class DepthwiseConvFp32(nn.Conv2d):
-    """A depthwise conv that leaves autocast and runs in fp32 (same parameters, same state_dict keys).
-
-    On oneDNN CPUs the bf16 backward of a depthwise 5x5 conv is several times slower than the fp32 one, and
-    the forward is cheap either way, so fp32 wins in training. Chapter 09 measures it.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):
-            return super().forward(x.float())
-
-
-class ToChannelsLast(torch.autograd.Function):
-    """Identity that stores its output channels-last and hands back an NCHW gradient (chapter 09).
-
-    ``x.contiguous(memory_format=torch.channels_last)`` would pass the channels-last gradient on as is, and the
-    NCHW layers before it (the stem) then mix layouts in their SiLU and BN backward, several times slower than
-    one copy here.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad.contiguous()
-
-
-def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
-    return tuple(ToChannelsLast.apply(a) for a in args)
-
-
-# glibc's mallopt parameters (malloc.h) and the values keep_freed_memory sets
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-HEAP_MMAP_THRESHOLD = 32 * 2**20  # blocks below this come from the heap and are reused; glibc's largest value
-HEAP_TRIM_THRESHOLD = 2**30  # free heap kept at its top before any is handed back
-
-
-def keep_freed_memory() -> bool:
-    """Let this process reuse the memory of freed tensors instead of faulting fresh pages in (chapter 09).
-
-    glibc serves blocks of a few MiB, a training step's activations, with ``mmap`` and unmaps them when they are
-    freed; the next step maps them again and the kernel zeroes every 4 KiB page on first touch. A ``--fast`` step
-    of the course preset took ~17,000 such page faults (~4 % of it; the fp32 loop ~22,000). Raising the mmap
-    threshold to 32 MiB and the trim threshold to 1 GiB keeps those blocks in the heap for the next step (~500
-    faults a step). The cost is memory that is not handed back: the peak of ``bench_speed``'s 3-iteration training
-    probe rose from ~710 to ~840-900 MiB, while bare steps of a running loop kept the same peak. Returns False
-    where the C library is not glibc (macOS, musl), which is left as it is.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None)  # the symbols the process already has, the C library's among them
-    if not hasattr(libc, "gnu_get_libc_version"):
-        return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)) and bool(
-        libc.mallopt(M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD))
-
-
-def prepare_for_training(model: nn.Module, channels_last: bool = False, amp_dtype: torch.dtype | None = None,
-                         single_cls_pass: bool = True) -> nn.Module:
-    """Training speed-ups that keep the computation, in place (before the optimizer is built). Chapter 09.
-
-    ``single_cls_pass``: the Ins head runs its cls tower once and gives the BNs the second pass's statistics
-    update (same outputs, gradients and running statistics as the reference's two passes). ``channels_last``:
-    channels-last memory from the stem's last conv on; the input and the stem's first two convs stay NCHW (BN
-    and SiLU backward on so few channels are several times faster so), and ``ToChannelsLast`` hands them an
-    NCHW gradient. Under CPU bf16 autocast: depthwise convs in fp32. Returns the model.
-    """
-    if hasattr(model.head, "single_cls_pass"):
-        model.head.single_cls_pass = single_cls_pass
-    device = next(model.parameters()).device
-    if channels_last and device.type in ("cpu", "cuda"):
-        model.to(memory_format=torch.channels_last)
-        *narrow, last = model.backbone.stem
-        for layer in narrow:  # the two 3x3 convs on 8 (course) to 32 (s) channels at half resolution
-            layer.to(memory_format=torch.contiguous_format)
-        last.register_forward_pre_hook(_to_channels_last)
-    if device.type == "cpu" and amp_dtype == torch.bfloat16:
-        for module in model.modules():
-            conv = getattr(module, "conv", None)
-            if isinstance(module, ConvBNAct) and conv.groups > 1 and type(conv) is nn.Conv2d:
-                conv.__class__ = DepthwiseConvFp32  # same object, parameters and keys; only forward changes
-    return model
