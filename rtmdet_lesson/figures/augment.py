@@ -163,10 +163,11 @@ def augmentation_preview(
     """``count`` training samples of ``dataset`` (items ``(image, target)``) through ``augmentation_pipeline``.
 
     The seed picks the images (a random order of the dataset, repeated if it is short) and every random draw.
-    The caches are filled first, as in a running epoch: the first calls of an epoch pass through mosaic (until
-    its cache holds 5 samples) and mixup (until 2), and only the calls after those are shown. Each step is
-    called in turn so that the preview can tell whether mosaic and mixup changed a sample (a cached step
-    that passes a sample through returns the same image). Chapter 07's widget draws this.
+    The caches are filled first, as in a running epoch: the first 4 calls pass through mosaic (it mixes once its
+    cache holds 5 samples) and are not shown, whatever the settings, so that one seed shows the same input
+    images under every setting. Each step is called in turn so that the preview can tell whether mosaic and
+    mixup changed a sample (a cached step that passes a sample through returns the same image). Chapter 07's
+    widget draws this.
     """
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}.")
@@ -175,7 +176,7 @@ def augmentation_preview(
     pipeline = augmentation_pipeline(size, ratio_range, mosaic, mixup_prob, recipe)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(dataset))
-    warm = 4 if mosaic else 1 if mixup_prob > 0 else 0  # calls that only fill the caches
+    warm = 4  # calls that fill the caches (mosaic needs 4 to mix from the 5th call on), whatever the settings
     samples, changed_by, sources = [], [], []
     for call in range(warm + count):
         image, target = dataset[int(order[call % len(dataset)])]
@@ -210,7 +211,7 @@ def augmentation_figure(preview: AugmentationPreview, cell: float = 2.8) -> Figu
         ax.axis("off")
     ax = axes[0, -1]
     canvas = max(preview.samples[0][0].shape[-2:])
-    bins = np.geomspace(1, canvas, 17)
+    bins = np.geomspace(4, canvas, 15)
     ax.hist(preview.source_sizes, bins=bins, histtype="step", color="grey", ls="--", lw=1.5, label="letterboxed inputs")
     ax.hist(preview.sizes, bins=bins, histtype="step", color="tab:blue", lw=1.5, label="augmented")
     ax.set_xscale("log")
