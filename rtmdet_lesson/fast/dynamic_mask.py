@@ -30,19 +30,8 @@ def dynamic_mask_logits(
     priors: torch.Tensor,
     image_index: torch.Tensor,
 ) -> torch.Tensor:
-    """Stride-8 mask logits of K instances, chunked (chapter 09).
-
-    Args:
-        mask_feats: ``(B, 8, h, w)`` prototypes from the mask-feature module (stride 8).
-        kernels: ``(K, 169)`` dynamic parameters of the instances.
-        priors: ``(K, 4)`` their priors ``(x, y, stride_w, stride_h)``.
-        image_index: ``(K,)`` int64, which image of the batch each instance belongs to.
-
-    Returns:
-        ``(K, h, w)`` mask logits at stride 8 (apply sigmoid after upsampling, never before).
-
-    The same inputs and outputs as ``rtmdet_lesson.dynamic_mask.dynamic_mask_logits`` (module doc: how).
-    """
+    """Stride-8 mask logits of K instances in chunks (chapter 09): the same arguments, shapes and outputs as
+    ``rtmdet_lesson.dynamic_mask.dynamic_mask_logits`` (chapter 08); the module doc says how it differs."""
     check_instances(mask_feats, kernels, priors, image_index)
     b, c, h, w = mask_feats.shape
     k = kernels.shape[0]
