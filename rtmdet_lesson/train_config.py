@@ -82,7 +82,10 @@ class TrainConfig:
         """The preset's recipe (``presets.RECIPES``) with ``settings`` over it."""
         if preset not in RECIPES:
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(RECIPES)}")
-        return cls(preset=preset, **{**RECIPES[preset], **settings})
+        recipe = dict(RECIPES[preset])
+        if recipe.get("stage2_epochs") and "epochs" in settings and "stage2_epochs" not in settings:
+            recipe["stage2_epochs"] = min(recipe["stage2_epochs"], settings["epochs"])  # a run shorter than the recipe
+        return cls(preset=preset, **{**recipe, **settings})
 
     @classmethod
     def from_saved(cls, saved: dict) -> TrainConfig:

@@ -294,6 +294,14 @@ def test_presets_train_with_their_recipe_and_flags_win():
     assert (rotated.epochs, rotated.batch_size, rotated.lr, rotated.image_size) == (36, 8, 0.00025, 1024)
 
 
+def test_a_run_shorter_than_the_recipe_keeps_a_valid_stage_2():
+    """course-sprites' recipe ends with 2 stage-2 epochs: --epochs 1 makes the one epoch stage 2, not an error."""
+    assert config_from_args(train_args("course-sprites", "--epochs", "1")).resolve().stage2_epochs == 1
+    assert config_from_args(train_args("course-sprites", "--epochs", "5")).resolve().stage2_epochs == 2
+    with pytest.raises(ValueError, match="stage2_epochs 3 must lie between 0 and epochs"):
+        config_from_args(train_args("course-sprites", "--epochs", "1", "--set", "stage2_epochs=3")).resolve()
+
+
 def test_fast_sets_its_settings_under_the_ones_given():
     fast = config_from_args(train_args("--fast"))
     assert fast.channels_last

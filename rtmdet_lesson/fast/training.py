@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rtmdet_lesson import criterion
 from rtmdet_lesson.blocks import ChannelAttention, ConvBNAct, CSPLayer, SPPBottleneck
-from rtmdet_lesson.criterion import compute_losses
 from rtmdet_lesson.fast.cls_tower import use_one_cls_pass
 from rtmdet_lesson.fast.losses import FAST_MASK_LOSS
 from rtmdet_lesson.head import MaskFeatModule
@@ -185,7 +185,7 @@ def keep_freed_memory() -> bool:
 
 def fast_loss(model: nn.Module, x: torch.Tensor, targets: list[dict]) -> dict:
     """``RTMDet.loss`` with the mask loss's faster steps (``fast.losses.FAST_MASK_LOSS``)."""
-    return compute_losses(model(x), targets, image_size=tuple(x.shape[-2:]), mask_steps=FAST_MASK_LOSS)
+    return criterion.compute_losses(model(x), targets, image_size=tuple(x.shape[-2:]), mask_steps=FAST_MASK_LOSS)
 
 
 def prepare_for_training(model: nn.Module, channels_last: bool = False, amp_dtype: torch.dtype | None = None,
