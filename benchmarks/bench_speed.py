@@ -248,7 +248,8 @@ def iteration_seconds(preset: str, size: int, batch: int, settings: dict, iters:
                       tmp: Path) -> list[float]:
     """Seconds of ``iters`` iterations of ``rtmdet_lesson.train`` (time between consecutive iterations), after 3
     warm-up ones; ``iters=0`` runs the 3 warm-up iterations and gives []."""
-    config = TrainConfig(preset=preset, data=str(data), out=str(tmp / preset), image_size=size, epochs=100,
+    out = tempfile.mkdtemp(prefix=f"{preset}-", dir=tmp)  # train refuses a folder holding another run
+    config = TrainConfig(preset=preset, data=str(data), out=out, image_size=size, epochs=100,
                          batch_size=batch, warmup_iters=10, mosaic=False, mixup=False, workers=workers,
                          progress=False, **settings)
     stamps = []
@@ -321,7 +322,8 @@ def lockstep_rates(preset: str, size: int, batch: int, settings: list[dict], ite
                    tmp: Path, fp32_depthwise: list[bool] | None = None) -> list[float]:
     """Images per second of each of ``settings``: the batch over the median of ``iters`` iterations of
     ``rtmdet_lesson.train`` (after 3 warm-up ones), trained in turn by ``lockstep_runs``."""
-    configs = [dict(preset=preset, data=str(data), out=str(tmp / f"lockstep{i}"), image_size=size, epochs=100,
+    runs_dir = Path(tempfile.mkdtemp(prefix="lockstep-", dir=tmp))  # train refuses a folder holding another run
+    configs = [dict(preset=preset, data=str(data), out=str(runs_dir / str(i)), image_size=size, epochs=100,
                     batch_size=batch, warmup_iters=10, mosaic=False, mixup=False, workers=workers, progress=False,
                     **setting) for i, setting in enumerate(settings)]
     runs = lockstep_runs(configs, max_iters=3 + iters, fp32_depthwise=fp32_depthwise)
